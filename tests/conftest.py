@@ -1,0 +1,29 @@
+"""Shared test setup: one torch thread per test worker (pytest -n 2 uses both cores)."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture
+def offrl_home(tmp_path, monkeypatch):
+    """An empty $OFFRL_HOME (cache) and $MINARI_DATASETS_PATH for one test."""
+    home = tmp_path / "offrl_home"
+    monkeypatch.setenv("OFFRL_HOME", str(home))
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    return home
