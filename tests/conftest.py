@@ -4,7 +4,6 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("MUJOCO_GL", "egl")
 
 import pytest  # noqa: E402
 

@@ -7,9 +7,11 @@ Tensors live on the agent's device; the host touches them only to log and evalua
 from __future__ import annotations
 
 import abc
+import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 
@@ -27,12 +29,47 @@ class Batch:
     next_observations: torch.Tensor
     dones: torch.Tensor
 
+    @property
+    def num_members(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.rewards.shape[1])
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 64-bit seed for one named random stream of one member, derived from its run seed.
+
+    Streams ("init", "update", "act", "sampler", ...) of the same seed are independent, and the
+    derivation depends on nothing but (seed, stream), so a member draws the same numbers whether
+    it trains alone or beside other seeds.
+    """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seeds must be non-negative integers; got {seed!r}")
+    sequence = np.random.SeedSequence([int(seed), zlib.crc32(stream.encode())])
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+def member_generators(seeds: list[int], stream: str,
+                      device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One `torch.Generator` per member on `device`, seeded with `derive_seed(seed, stream)`."""
+    gens = []
+    for seed in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(derive_seed(seed, stream))
+        gens.append(g)
+    return gens
+
 
 class Agent(abc.ABC):
     """An offline RL agent training S independent members (seeds) in one process.
 
-    Subclasses set `name` and `config_class`, build their ensembles in `__init__(config,
-    observation_dim, action_dim, seeds, device)` and implement the methods below.
+    Subclasses set `name` and `config_class`, build their ensembles in
+    `__init__(config, observation_dim, action_dim, seeds, device="cpu", max_action=1.0)` and
+    implement the methods below. Member s's initial weights and every random number it uses
+    come only from seeds[s] (`member_generators`), so member s of an S-seed agent trains exactly
+    like a one-seed agent built with seeds[s].
     """
 
     name: ClassVar[str]
@@ -44,6 +81,16 @@ class Agent(abc.ABC):
     @property
     def num_members(self) -> int:
         return len(self.seeds)
+
+    @classmethod
+    def adapt_config(cls, config: Any, *, total_steps: int) -> Any:
+        """The config with run-level facts its schedules depend on filled in.
+
+        The training loop calls this once with the run's total number of gradient steps before
+        building the agent (e.g. IQL decays its actor learning rate over exactly that many
+        steps). The default returns `config` unchanged.
+        """
+        return config
 
     @abc.abstractmethod
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -252,13 +252,8 @@ class Dataset:
         if self.metadata.get("has_timeouts", True):
             final = self.timeouts[:-1]
         else:
-            # Files without `timeouts`: D4RL counts steps and treats step max_episode_steps - 1
-            # of an episode as final (even when it is also terminal). Our episode_starts were
-            # built with the same count, so the final steps are the ends of full-length episodes.
             limit = int(self.metadata.get("max_episode_steps", 1000))
-            ends = (self.episode_ends - 1)[self.episode_lengths == limit]
-            final = np.zeros(n - 1, dtype=bool)
-            final[ends[ends < n - 1]] = True
+            final = _d4rl_final_steps(self.terminals[:-1], limit)
         if not terminate_on_end:
             idx = idx[~final]
         f32 = np.float32
@@ -322,3 +317,27 @@ class Dataset:
             "has_next_observations": self.next_observations is not None,
             "sha256": self.metadata.get("sha256"),
         }
+
+
+def _d4rl_final_steps(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:
+    """(N,) bool: the rows D4RL's `qlearning_dataset` treats as final when a file has no timeouts.
+
+    D4RL counts `episode_step` and calls step `max_episode_steps - 1` final (even when it is
+    also terminal). Its counter restarts at 0 after a final step but, because the `+= 1` still
+    runs, at 1 after a terminal step; so an episode that follows a terminal is called final one
+    row early. We reproduce that count exactly, one episode at a time.
+    """
+    n = len(terminals)
+    final = np.zeros(n, dtype=bool)
+    terminal_rows = np.flatnonzero(terminals)
+    pos, step = 0, 0
+    while pos < n:
+        k = np.searchsorted(terminal_rows, pos)
+        next_terminal = terminal_rows[k] if k < len(terminal_rows) else n
+        final_row = pos + (max_episode_steps - 1 - step) if step <= max_episode_steps - 1 else n
+        if final_row <= next_terminal and final_row < n:
+            final[final_row] = True
+            pos, step = final_row + 1, 0
+        else:
+            pos, step = next_terminal + 1, 1
+    return final

@@ -1,0 +1,181 @@
+"""Ensembles of MLPs with a leading member dimension.
+
+Every network here is an ensemble: a weight of shape (M, in, out) and a bias (M, 1, out), applied
+to inputs (M, B, in) with one `torch.baddbmm` per layer. A member is one independent network.
+Seeds and per-seed copies fold into the same dimension: an agent training S seeds with twin
+critics holds one critic ensemble of M = S * 2 members, laid out seed-major (member m = s * K + k
+is copy k of seed s), so `x.view(S, K, ...)` separates them again.
+
+Initialisation is per member and takes an explicit `torch.Generator`, so member m can be drawn
+from its own seed's generator exactly as a one-seed agent would draw it (see `init_member_`).
+The default scheme reproduces `torch.nn.Linear`'s own init (kaiming-uniform with a = sqrt(5),
+i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias, which is what CORL's TD3+BC and IQL
+use); orthogonal and Xavier schemes cover CORL's CQL (orthogonal hidden layers with gain sqrt(2),
+final layer with gain 1e-2, zero biases).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "EnsembleLinear",
+    "EnsembleMLP",
+    "LayerInit",
+    "TORCH_DEFAULT",
+    "expand_members",
+]
+
+
+@dataclass(frozen=True)
+class LayerInit:
+    """How to draw one layer of one member.
+
+    scheme: "torch" (nn.Linear's default: U(±1/sqrt(fan_in)) weight and bias), "orthogonal"
+    or "xavier_uniform" (weight with `gain`, bias zero), "zeros" (weight and bias zero).
+    """
+
+    scheme: str = "torch"
+    gain: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("torch", "orthogonal", "xavier_uniform", "zeros"):
+            raise ValueError(f"LayerInit.scheme must be one of torch, orthogonal, xavier_uniform, "
+                             f"zeros; got {self.scheme!r}")
+
+
+TORCH_DEFAULT = LayerInit("torch")
+
+
+class EnsembleLinear(nn.Module):
+    """M independent affine maps: y[m] = x[m] @ weight[m] + bias[m].
+
+    weight (M, in, out), bias (M, 1, out); forward takes x (M, B, in) -> (M, B, out).
+    `members` selects a subset of members (a slice, e.g. `slice(0, None, 2)` for the first twin
+    of every seed); x then has that many members.
+    """
+
+    def __init__(self, in_features: int, out_features: int, members: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.members = in_features, out_features, members
+        kw = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(members, in_features, out_features, **kw))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_features, **kw))
+
+    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
+
+    @torch.no_grad()
+    def init_member_(self, m: int, generator: torch.Generator, init: LayerInit = TORCH_DEFAULT) -> None:
+        """Draw member m's weight and bias from `generator` (on the CPU, then copied in).
+
+        The weight is drawn in nn.Linear's (out, in) layout and stored transposed, so a member
+        equals an `nn.Linear` initialised with the same generator state.
+        """
+        fan_in, fan_out = self.in_features, self.out_features
+        w = torch.empty(fan_out, fan_in, dtype=torch.float32)
+        b = torch.zeros(fan_out, dtype=torch.float32)
+        if init.scheme == "torch":
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            w.uniform_(-bound, bound, generator=generator)
+            b.uniform_(-bound, bound, generator=generator)
+        elif init.scheme == "orthogonal":
+            nn.init.orthogonal_(w, gain=init.gain, generator=generator)
+        elif init.scheme == "xavier_uniform":
+            nn.init.xavier_uniform_(w, gain=init.gain, generator=generator)
+        else:  # zeros
+            w.zero_()
+        self.weight[m].copy_(w.t())
+        self.bias[m, 0].copy_(b)
+
+    def extra_repr(self) -> str:
+        return f"members={self.members}, in={self.in_features}, out={self.out_features}"
+
+
+_ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": nn.functional.gelu,
+                "silu": nn.functional.silu, "elu": nn.functional.elu}
+
+
+class EnsembleMLP(nn.Module):
+    """An ensemble of M MLPs: in_dim -> hidden_dims... -> out_dim, same shape for every member.
+
+    activation between hidden layers ("relu" default), optional LayerNorm after each hidden
+    affine map (before the activation; per-member scale and shift), optional output activation
+    ("tanh" for deterministic actors). forward: x (M, B, in) -> (M, B, out); with `members` a
+    slice, only those members run (x then has that many).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dims: Sequence[int], members: int,
+                 activation: str = "relu", output_activation: str | None = None,
+                 layer_norm: bool = False, device: torch.device | str | None = None):
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}; got {activation!r}")
+        if output_activation is not None and output_activation not in _ACTIVATIONS:
+            raise ValueError(f"output_activation must be None or one of {sorted(_ACTIVATIONS)}; "
+                             f"got {output_activation!r}")
+        dims = [int(in_dim), *[int(h) for h in hidden_dims], int(out_dim)]
+        if any(d <= 0 for d in dims):
+            raise ValueError(f"layer sizes must be positive; got {dims}")
+        self.dims, self.members = dims, members
+        self.layers = nn.ModuleList(
+            EnsembleLinear(dims[i], dims[i + 1], members, device=device) for i in range(len(dims) - 1))
+        self.layer_norm = layer_norm
+        if layer_norm:
+            self.norm_weights = nn.ParameterList(
+                nn.Parameter(torch.ones(members, 1, h, device=device)) for h in dims[1:-1])
+            self.norm_biases = nn.ParameterList(
+                nn.Parameter(torch.zeros(members, 1, h, device=device)) for h in dims[1:-1])
+        self._act = _ACTIVATIONS[activation]
+        self._relu = activation == "relu"
+        self._out_act = None if output_activation is None else _ACTIVATIONS[output_activation]
+
+    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        layers = self.layers
+        last = len(layers) - 1
+        for i, layer in enumerate(layers):
+            x = layer(x, members)
+            if i < last:
+                if self.layer_norm:
+                    w, b = self.norm_weights[i], self.norm_biases[i]
+                    if members is not None:
+                        w, b = w[members], b[members]
+                    x = torch.addcmul(b, nn.functional.layer_norm(x, x.shape[-1:]), w)
+                    x = self._act(x)
+                elif self._relu:
+                    x = torch.relu_(x)  # safe: baddbmm does not keep its output for backward
+                else:
+                    x = self._act(x)
+        if self._out_act is not None:
+            x = self._out_act(x)
+        return x
+
+    @torch.no_grad()
+    def init_member_(self, m: int, generator: torch.Generator,
+                     hidden_init: LayerInit = TORCH_DEFAULT,
+                     final_init: LayerInit = TORCH_DEFAULT) -> None:
+        """Draw member m's layers in order (first to last) from `generator`."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            layer.init_member_(m, generator, final_init if i == last else hidden_init)
+        if self.layer_norm:
+            for w, b in zip(self.norm_weights, self.norm_biases):
+                w[m].fill_(1.0)
+                b[m].zero_()
+
+
+def expand_members(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """(S, B, D) -> (S * copies, B, D): each seed's input repeated for its `copies` members
+    (seed-major, matching the ensemble layout)."""
+    if copies == 1:
+        return x
+    s = x.shape[0]
+    return x.unsqueeze(1).expand(s, copies, *x.shape[1:]).reshape(s * copies, *x.shape[1:])

@@ -1,0 +1,251 @@
+"""`offrl datasets …`: list, inspect, download, build, locate and convert datasets."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+from pathlib import Path
+
+from offrl.errors import UserError
+
+EXAMPLES = """\
+examples:
+  offrl datasets list                       every registered dataset, and whether it is cached
+  offrl datasets info hopper-medium-v2      the card, plus statistics if it is cached
+  offrl datasets download hopper-medium-v2  fetch a D4RL file (checked against its sha256)
+  offrl datasets build hopper-random-10k-v0 generate a recipe dataset locally (no network)
+  offrl datasets path hopper-random-10k-v0  print where the file is
+  offrl datasets convert hopper-random-10k-v0 minari:offrl/hopper/random-10k-v0
+  offrl datasets convert minari:offrl/hopper/random-10k-v0 /tmp/hopper-random.hdf5
+
+Files are cached under $OFFRL_HOME (default ~/.offrl); extra cards are read from the
+folders in $OFFRL_CARDS.
+"""
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+MINARI_PREFIX = "minari:"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "datasets", help="list, download, build, inspect and convert datasets",
+        description="Registered datasets: D4RL downloads, Minari datasets and generated ones.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+    sub = parser.add_subparsers(dest="datasets_command", metavar="ACTION")
+
+    p = sub.add_parser("list", help="table of registered datasets (id, env, source, size, cached)")
+    p.add_argument("--source", choices=["url", "minari", "recipe"], help="only this source kind")
+    p.add_argument("--cached", action="store_true", help="only datasets present on this machine")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="a dataset's card, and its statistics when cached")
+    p.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("download", help="fetch a dataset into the cache (builds recipe datasets)")
+    p.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
+    p.add_argument("--force", action="store_true", help="fetch again even if a good copy is cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("build", help="generate a recipe dataset (e.g. hopper-random-10k-v0)")
+    p.add_argument("id", help="id of a card with a [source.recipe]")
+    p.add_argument("--force", action="store_true", help="build again even if it is cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("path", help="print the local path of a cached dataset")
+    p.add_argument("id", help="dataset id")
+    p.set_defaults(func=cmd_path)
+
+    p = sub.add_parser(
+        "convert", help="convert between D4RL HDF5 files, Minari datasets and registered ids",
+        description="SRC: an .hdf5 file, a Minari dataset (minari:ID or its folder) or a "
+                    "registered dataset id. DST: an .hdf5 path or minari:ID.",
+        epilog="examples:\n  offrl datasets convert hopper-random-10k-v0 "
+               "minari:offrl/hopper/random-10k-v0\n  offrl datasets convert "
+               "minari:mujoco/hopper/medium-v0 hopper-medium.hdf5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="an .hdf5 file, minari:ID, a Minari dataset folder, or a dataset id")
+    p.add_argument("dst", help="an .hdf5 path or minari:ID")
+    p.add_argument("--force", action="store_true", help="overwrite an existing .hdf5 DST")
+    p.add_argument("--drop-last-step", action="store_true",
+                   help="Minari DST: drop each episode's last step when no next observation "
+                        "was recorded (D4RL files)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_convert)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError
+
+
+def _size_text(card) -> str:
+    from offrl.data.registry import RecipeSource, UrlSource
+
+    if isinstance(card.source, UrlSource):
+        return _human_bytes(card.source.bytes)
+    if isinstance(card.source, RecipeSource):
+        return f"{card.source.transitions:,} steps"
+    return "-"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple):
+        return str(list(value))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------- commands
+def cmd_list(args: argparse.Namespace) -> int:
+    from offrl.data.load import is_cached
+    from offrl.data.registry import list_cards
+
+    rows = [["id", "env", "source", "size", "cached"]]
+    for card in list_cards():
+        cached = is_cached(card)
+        if (args.source and card.source_kind != args.source) or (args.cached and not cached):
+            continue
+        rows.append([card.id, card.env_id, card.source_kind, _size_text(card),
+                     "yes" if cached else "no"])
+    if len(rows) == 1:
+        print("no datasets match")
+        return 0
+    print(_table(rows))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from offrl.data.load import is_cached, load_dataset, local_path
+    from offrl.data.registry import get_card
+
+    card = get_card(args.id)
+    lines = [("id", card.id), ("description", card.description), ("env", card.env_id),
+             ("card", card.path), ("source", card.source_kind)]
+    for name, value in vars(card.source).items():
+        lines.append((f"  {name}", value))
+    s = card.scores
+    lines += [("ref_min_score", s.ref_min_score), ("ref_max_score", s.ref_max_score),
+              ("approximate", s.approximate)]
+    if s.note:
+        lines.append(("score note", s.note))
+    lines += [("observation_shape", card.observation_shape), ("action_shape", card.action_shape),
+              ("max_episode_steps", card.max_episode_steps),
+              ("local path", local_path(card)), ("cached", "yes" if is_cached(card) else "no")]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key.ljust(width)}  {_fmt(value)}")
+    if is_cached(card):
+        dataset = load_dataset(card, fetch_missing=False, progress=False)
+        summary = dataset.summary()
+        if card.source_kind == "minari":
+            from offrl.data.load import arrays_sha256
+
+            summary["sha256"] = arrays_sha256(dataset)  # what the card's sha256 may record
+        print("\ncached dataset:")
+        width = max(len(k) for k in summary)
+        for key, value in summary.items():
+            if key not in ("dataset_id", "env_id"):
+                print(f"  {key.ljust(width)}  {_fmt(value)}")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from offrl.data.load import fetch
+    from offrl.data.registry import RecipeSource, get_card
+
+    card = get_card(args.id)
+    if isinstance(card.source, RecipeSource):
+        print(f"{card.id} is generated, not downloaded; building it")
+    print(fetch(card, progress=not args.quiet, force=args.force))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from offrl.data.load import fetch
+    from offrl.data.registry import RecipeSource, get_card
+
+    card = get_card(args.id)
+    if not isinstance(card.source, RecipeSource):
+        raise UserError(f"{card.id} has a {card.source_kind} source, not a recipe; "
+                        f"use `offrl datasets download {card.id}`")
+    print(fetch(card, progress=not args.quiet, force=args.force))
+    return 0
+
+
+def cmd_path(args: argparse.Namespace) -> int:
+    from offrl.data.load import require_local
+    from offrl.data.registry import get_card
+
+    print(require_local(get_card(args.id)))
+    return 0
+
+
+def _read_source(src: str, progress: bool):
+    from offrl.data.registry import list_cards
+
+    path = Path(src).expanduser()
+    if src.startswith(MINARI_PREFIX):
+        from offrl.data.minari_io import read_minari
+
+        return read_minari(src[len(MINARI_PREFIX):])
+    if path.is_dir():
+        from offrl.data.minari_io import read_minari
+
+        return read_minari(str(path))
+    if path.is_file():
+        if path.suffix not in HDF5_SUFFIXES:
+            raise UserError(f"{src}: not an .hdf5 file; SRC must be an .hdf5 file, minari:ID, a "
+                            "Minari dataset folder or a registered dataset id")
+        from offrl.data.hdf5 import read_hdf5
+
+        return read_hdf5(path).validate(source=str(path))
+    ids = [c.id for c in list_cards()]
+    if src in ids:
+        from offrl.data.load import load_dataset
+
+        return load_dataset(src, progress=progress)
+    if path.suffix in HDF5_SUFFIXES:
+        raise UserError(f"{src}: no such file")
+    close = difflib.get_close_matches(src, ids, n=3)
+    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+    raise UserError(f"{src!r} is not a file, a folder, minari:ID or a registered dataset id{hint}")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    dst = args.dst
+    if not dst.startswith(MINARI_PREFIX) and Path(dst).suffix not in HDF5_SUFFIXES:
+        raise UserError(f"DST {dst!r} must be an .hdf5 path or minari:ID "
+                        "(e.g. minari:offrl/hopper/random-10k-v0)")
+    if Path(dst).suffix in HDF5_SUFFIXES and Path(dst).exists() and not args.force:
+        raise UserError(f"{dst} exists; pass --force to overwrite it")
+    dataset = _read_source(args.src, progress=not args.quiet)
+    if dst.startswith(MINARI_PREFIX):
+        from offrl.data.minari_io import write_minari
+
+        out = write_minari(dataset, dst[len(MINARI_PREFIX):],
+                           env_id=dataset.metadata.get("env_id"),
+                           drop_last_step=args.drop_last_step)
+    else:
+        from offrl.data.hdf5 import write_hdf5
+
+        out = Path(dst)
+        write_hdf5(dataset, out)
+    print(f"wrote {len(dataset):,} transitions in {dataset.num_episodes:,} episodes to {out}")
+    return 0
