@@ -69,7 +69,7 @@ def test_list_info_build_path(cards, offrl_home, capsys):
 
     code, _, err = run(capsys, "path", TINY)
     assert code == 1 and err.count("\n") == 1
-    assert f"not on this machine" in err and f"offrl datasets build {TINY}" in err
+    assert "not on this machine" in err and f"offrl datasets build {TINY}" in err
 
     code, out, _ = run(capsys, "build", TINY, "--quiet")
     assert code == 0 and out.strip() == str(built_path(offrl_home))
@@ -174,3 +174,15 @@ def test_uniform_random_rows(monkeypatch, tmp_path):
     hopper = rollout_uniform_random("Hopper-v5", transitions=300, seed=1, progress=False)
     ends = hopper.episode_ends - 1
     assert hopper.terminals[ends[:-1]].all() and not (hopper.terminals & hopper.timeouts).any()
+
+
+def test_a_changed_built_file_is_detected(cards, offrl_home, capsys):
+    assert run(capsys, "build", TINY, "--quiet")[0] == 0
+    path = built_path(offrl_home)
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    code, _, err = run(capsys, "info", TINY)
+    assert code == 1 and "checksum mismatch" in err and f"build {TINY} --force" in err
+    assert run(capsys, "build", TINY, "--quiet", "--force")[0] == 0
+    assert run(capsys, "info", TINY)[0] == 0

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from offrl.data.registry import (CardError, DatasetCard, MinariSource, RecipeSource, UrlSource,
-                                 builtin_cards_dir, get_card, list_cards, parse_card)
+from offrl.data.registry import (
+    CardError,
+    DatasetCard,
+    MinariSource,
+    RecipeSource,
+    UrlSource,
+    builtin_cards_dir,
+    get_card,
+    list_cards,
+    parse_card,
+)
 from offrl.errors import UserError
 
 REPO_CARDS = Path(__file__).resolve().parent.parent / "datasets"

@@ -228,9 +228,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                   file=sys.stderr)
 
     dataset = _load_dataset(dataset_id, progress=progress is not False)
+    cli_args = {k: v for k, v in vars(args).items() if k != "func"}
     result = train(agent_cls, dataset, config, run_dir=run_dir, out=args.out, device=device,
-                   progress=progress, config_source=source, command=["offrl", *sys.argv[1:]]
-                   if Path(sys.argv[0]).name == "offrl" else sys.argv[:])
+                   progress=progress, config_source=source, command=cli_args)
     return 0 if result.status == "complete" else 1
 
 
@@ -266,13 +266,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seeds = list(config.training.seeds)
     env_id = info.get("env_id")
 
-    class _Meta:  # env_facts only needs a name for its messages
-        name = info.get("dataset_id") or str(run.path)
-
-    max_action, env_limit = env_facts(env_id, _Meta)
+    max_action, env_limit = env_facts(env_id, info.get("dataset_id") or str(run.path))
     max_steps = info.get("max_episode_steps") or env_limit
-    obs_dim, act_dim = len(normalization.observation_mean), None
-    agent = _build_agent(agent_cls, config.algo, obs_dim, state, seeds, device, max_action)
+    agent = agent_cls(config.algo, int(state["observation_dim"]), int(state["action_dim"]), seeds,
+                      device=device, max_action=float(state.get("max_action", max_action)))
+    agent.load_state_dict(state["agent"])
 
     index = int(info.get("posthoc_evaluations", 0))
     env_seeds = episode_seeds(config.training.eval_seed, seeds, args.episodes,
@@ -315,12 +313,3 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  all seeds: {float(np.mean(shown)):8.2f}")
     print(f"episodes appended to {target}")
     return 0
-
-
-def _build_agent(agent_cls, algo_config, obs_dim, state, seeds, device, max_action):
-    """The agent with the checkpoint's weights; action_dim read from the checkpoint's config of
-    the sampler-independent agent state (rebuilt through a dummy of the right size)."""
-    action_dim = int(state.get("action_dim") or 0)
-    agent = agent_cls(algo_config, obs_dim, action_dim, seeds, device=device, max_action=max_action)
-    agent.load_state_dict(state["agent"])
-    return agent

@@ -44,7 +44,7 @@ def _reset_seed(rng: np.random.Generator) -> int:
 
 
 def rollout_uniform_random(env_id: str, *, transitions: int, seed: int,
-                           max_episode_steps: int = 1000, progress: bool = True) -> "Dataset":
+                           max_episode_steps: int = 1000, progress: bool = True) -> Dataset:
     """Run a uniform-random policy for exactly `transitions` steps; return the Dataset.
 
     observations / next_observations (N, obs_dim) float32, actions (N, act_dim) float32,
@@ -121,7 +121,7 @@ def uniform_random_returns(env_id: str, *, episodes: int, seed: int,
     return returns
 
 
-def generate(recipe: "RecipeSource", *, progress: bool = True) -> "Dataset":
+def generate(recipe: RecipeSource, *, progress: bool = True) -> Dataset:
     """The recipe's dataset, in memory."""
     if recipe.policy != "uniform-random":
         raise UserError(f"recipe policy {recipe.policy!r}: only 'uniform-random' recipes can be "
@@ -130,7 +130,7 @@ def generate(recipe: "RecipeSource", *, progress: bool = True) -> "Dataset":
                                   max_episode_steps=recipe.max_episode_steps, progress=progress)
 
 
-def build_recipe(card: "DatasetCard", dest: str | os.PathLike, *, progress: bool = True) -> Path:
+def build_recipe(card: DatasetCard, dest: str | os.PathLike, *, progress: bool = True) -> Path:
     """Generate a recipe card's dataset and write it as D4RL-layout HDF5 at `dest` (atomically).
 
     Records the file's sha256 in a `.verified` stamp so later loads detect a changed file.

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from offrl.data.download import dataset_cache_dir, download, verified_sha256
+from offrl.data.download import DownloadError, dataset_cache_dir, download, verified_sha256
 from offrl.data.registry import DatasetCard, MinariSource, RecipeSource, UrlSource, get_card
 from offrl.errors import UserError
 
@@ -50,6 +50,19 @@ def require_local(card: DatasetCard) -> Path:
     return local_path(card)
 
 
+def _verify_local(card: DatasetCard, path: Path) -> str:
+    """The sha256 of a cached file, checked against the card (url) or its build stamp (recipe);
+    hashes only a file that changed since it was last verified."""
+    src = card.source
+    try:
+        return verified_sha256(path, sha256=getattr(src, "sha256", None),
+                               size=getattr(src, "bytes", None))
+    except DownloadError as exc:
+        verb = "build" if isinstance(src, RecipeSource) else "download"
+        raise DownloadError(f"{exc}; the cached file was changed or damaged: run "
+                            f"`offrl datasets {verb} {card.id} --force`") from exc
+
+
 # ---------------------------------------------------------------------------------- fetching
 def fetch(card: DatasetCard, *, progress: bool = True, force: bool = False) -> Path:
     """Make the card's data local: download (url), fetch from Minari, or build (recipe).
@@ -64,7 +77,7 @@ def fetch(card: DatasetCard, *, progress: bool = True, force: bool = False) -> P
                         force=force)
     if isinstance(src, RecipeSource):
         if path.is_file() and not force:
-            verified_sha256(path)
+            _verify_local(card, path)
             return path
         from offrl.data.generate import build_recipe
 
@@ -105,7 +118,7 @@ def fetch_minari(minari_id: str, *, force: bool = False) -> Path:
 ARRAY_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
 
 
-def arrays_sha256(dataset: "Dataset") -> str:
+def arrays_sha256(dataset: Dataset) -> str:
     """sha256 of the flattened step arrays: what a Minari card's `sha256` records.
 
     Covers, in ARRAY_KEYS order, each array's name, dtype, shape and C-order bytes (an absent
@@ -127,7 +140,7 @@ def arrays_sha256(dataset: "Dataset") -> str:
 
 
 def load_dataset(dataset: str | DatasetCard, *, progress: bool = True,
-                 fetch_missing: bool = True) -> "Dataset":
+                 fetch_missing: bool = True) -> Dataset:
     """Load a registered dataset, fetching it first if needed; validated, with card metadata.
 
     dataset: a card id (e.g. "hopper-medium-v2") or a DatasetCard.
@@ -153,9 +166,7 @@ def load_dataset(dataset: str | DatasetCard, *, progress: bool = True,
     else:
         from offrl.data.hdf5 import read_hdf5
 
-        # Cheap after `fetch` (reads the stamp); hashes a file that changed since.
-        meta["sha256"] = verified_sha256(path, sha256=getattr(src, "sha256", None),
-                                         size=getattr(src, "bytes", None))
+        meta["sha256"] = _verify_local(card, path)  # after `fetch` this only reads the stamp
         meta["source_path"] = str(path)
         data = read_hdf5(path, max_episode_steps=card.max_episode_steps, metadata=meta)
         data.metadata.update(meta)

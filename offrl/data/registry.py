@@ -17,7 +17,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 from urllib.parse import urlparse
 
 from offrl.errors import UserError
@@ -77,7 +77,7 @@ class RecipeSource:
     kind = "recipe"
 
 
-Source = Union[UrlSource, MinariSource, RecipeSource]
+Source = UrlSource | MinariSource | RecipeSource
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ class _Table:
             return tuple(value)
         return value
 
-    def sub(self, key: str, *, required: bool = True) -> "_Table | None":
+    def sub(self, key: str, *, required: bool = True) -> _Table | None:
         value = self.get(key, "table", required=required)
         return None if value is None else _Table(value, self.path, f"{self.prefix}{key}.")
 
@@ -321,11 +321,17 @@ def cards_dirs() -> list[Path]:
     return dirs
 
 
+def _card_files(folder: Path) -> list[Path]:
+    """Every `*.toml` under `folder`, except under `policies/` (behaviour-policy files)."""
+    return sorted(p for p in folder.rglob("*.toml")
+                  if "policies" not in p.relative_to(folder).parts[:-1])
+
+
 @lru_cache(maxsize=8)
 def _load_cards(dirs: tuple[Path, ...], stamp: tuple[tuple[str, int], ...]) -> dict[str, DatasetCard]:
     cards: dict[str, DatasetCard] = {}
     for d in dirs:
-        for path in sorted(d.rglob("*.toml")):
+        for path in _card_files(d):
             card = parse_card(path)
             if card.id in cards:
                 raise CardError(f"card id {card.id!r} is defined twice: {cards[card.id].path} "
@@ -337,7 +343,7 @@ def _load_cards(dirs: tuple[Path, ...], stamp: tuple[tuple[str, int], ...]) -> d
 def _all_cards() -> dict[str, DatasetCard]:
     dirs = tuple(cards_dirs())
     # Cache keyed on the files' paths and mtimes, so edited cards are re-read.
-    stamp = tuple((str(p), p.stat().st_mtime_ns) for d in dirs for p in sorted(d.rglob("*.toml")))
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for d in dirs for p in _card_files(d))
     return _load_cards(dirs, stamp)
 
 

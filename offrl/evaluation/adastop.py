@@ -162,7 +162,6 @@ def _run_chunk(data, available, pairs, n, K, alpha, B, rng, signed):
     interims_done = np.zeros(E, dtype=int)
     boundaries = np.full((E, K), np.nan)
     spent = np.zeros(E)
-    observed = np.zeros((E, C))                    # T_c
     paths = np.zeros((E, C, 1))                    # S_c(path), one empty path to start
     alive = np.ones((E, 1), dtype=bool)            # not crossed an earlier boundary
     mass = 1.0                                     # probability of each path (all equal)
@@ -190,7 +189,6 @@ def _run_chunk(data, available, pairs, n, K, alpha, B, rng, signed):
         block = data[:, :, k * n:(k + 1) * n]                                     # (E, A, n)
         pooled = np.concatenate([block[:, pi], block[:, pj]], axis=-1)           # (E, C, 2n)
         pooled_sum = pooled.sum(axis=-1)
-        observed += block[:, pi].mean(-1) - block[:, pj].mean(-1)
 
         # Extend every path by one reassignment of this block per pair.
         # The mean difference of a reassignment is (2 * sum given to i - block sum) / n.
@@ -213,6 +211,9 @@ def _run_chunk(data, available, pairs, n, K, alpha, B, rng, signed):
             alive = np.repeat(alive, copies, axis=1)
             mass /= copies
         magnitude = paths if signed else np.abs(paths)
+        # T_c is path 0 (the identity), computed by the same arithmetic as every other path,
+        # so rounding cannot lift it above a permuted copy of itself.
+        observed = paths[:, :, 0]
 
         # Step-down: reject the largest |T_c| while it crosses the boundary of the pairs left.
         # Paths this interim may still cross: (alpha_k - spent) / mass, rounded down.
@@ -225,7 +226,7 @@ def _run_chunk(data, available, pairs, n, K, alpha, B, rng, signed):
             bound[ex] = b
             abs_t = np.where(active[ex], np.abs(observed[ex]), -np.inf)
             top = abs_t.argmax(axis=1)
-            reject = abs_t[np.arange(ex.size), top] > b
+            reject = abs_t[np.arange(ex.size), top] > b + 1e-9 * (1.0 + np.abs(b))  # ties: keep
             ex, top = ex[reject], top[reject]
             decisions[ex, top] = np.where(observed[ex, top] > 0, 1, -1)
             decided_at[ex, top] = k

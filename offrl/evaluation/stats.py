@@ -455,3 +455,38 @@ def default_taus(score_dict: Mapping[str, ScoreInput], points: int = 101) -> np.
     low = min(0.0, float(values.min()))
     high = max(100.0, float(values.max()))
     return np.linspace(low, high, points)
+
+
+def curve_intervals(
+    values: np.ndarray,
+    reps: int = 2_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    key: str = "",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over runs at each point of a curve, with a bootstrap percentile interval.
+
+    ``values``: ``(points, runs)``, NaN where a run has no value at that point (it is left out
+    there). Returns ``(mean, low, high)``, each ``(points,)``; NaN where no run has a value.
+    Points with the same set of runs share one resample of those runs, so a whole learning
+    curve costs one matrix product per distinct set.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ScoreError(f"curve values must be (points, runs), got shape {values.shape}")
+    _check_bootstrap_args(reps, confidence)
+    present = np.isfinite(values)
+    mean = np.full(values.shape[0], np.nan)
+    low, high = mean.copy(), mean.copy()
+    rng = _rng(seed, "curve", key)
+    patterns, which = np.unique(present, axis=0, return_inverse=True)
+    for p, pattern in enumerate(patterns):
+        if not pattern.any():
+            continue
+        rows = np.flatnonzero(which.ravel() == p)
+        block = values[np.ix_(rows, np.flatnonzero(pattern))]        # (points, runs present)
+        counts = _draw_counts(rng, reps, block.shape[1])               # (reps, runs present)
+        replicates = counts @ block.T / block.shape[1]                 # (reps, points)
+        mean[rows] = block.mean(axis=1)
+        low[rows], high[rows] = _percentile_interval(replicates, confidence)
+    return mean, low, high

@@ -38,8 +38,8 @@ from offrl.training.checkpoint import (global_rng_state, load_checkpoint, save_c
 from offrl.training.config import RunConfig, TrainingConfig, build_config, read_config_file
 from offrl.training.logging import (EVALUATION_COLUMNS, CsvLog, MetricAccumulator,
                                     TensorBoardLog, progress_bar)
-from offrl.training.run_dir import (STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_RUNNING,
-                                    RunDirectory, run_info, utc_now)
+from offrl.training.run_dir import (STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED,
+                                    STATUS_RUNNING, RunDirectory, run_info, utc_now)
 
 TRAINING_EVAL_STREAM = 0  # `episode_seeds` stream of evaluations during training
 
@@ -158,15 +158,15 @@ class AgentPolicy:
         return actions.float().cpu().numpy()
 
 
-def env_facts(env_id: str | None, dataset: Dataset) -> tuple[float, int | None]:
+def env_facts(env_id: str | None, dataset_name: str) -> tuple[float, int | None]:
     """(max_action, env's own step limit) of the dataset's env; UserError if it cannot be made."""
     if not env_id:
-        raise UserError(f"{dataset.name} names no env (metadata 'env_id'), so its policies "
+        raise UserError(f"{dataset_name} names no env (metadata 'env_id'), so its policies "
                         "cannot be evaluated; add env_id to its card")
     try:
         env = make_env(env_id)
     except Exception as exc:
-        raise UserError(f"cannot make env {env_id!r} for {dataset.name}: {exc}") from exc
+        raise UserError(f"cannot make env {env_id!r} for {dataset_name}: {exc}") from exc
     try:
         high = np.asarray(env.action_space.high, dtype=np.float64)
         low = np.asarray(env.action_space.low, dtype=np.float64)
@@ -247,7 +247,7 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
           run_dir: str | Path | None = None, out: str | Path = "runs",
           device: str | torch.device = "cpu", progress: bool | None = None,
           stop_at_step: int | None = None, config_source: str | None = None,
-          command: list[str] | None = None, evaluation_backend: str = "sync",
+          command: Any = None, evaluation_backend: str = "sync",
           print_fn: Callable[[str], None] = print) -> TrainResult:
     """Train `config.training.seeds` members of `algo` on `dataset`, recording a run directory.
 
@@ -297,7 +297,7 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
     # Data, env and normalisation, exactly as CORL prepares them.
     transitions, normalization = prepare_transitions(dataset, tc)
     env_id = dataset.metadata.get("env_id")
-    max_action, env_limit = env_facts(env_id, dataset)
+    max_action, env_limit = env_facts(env_id, dataset.name)
     max_episode_steps = (tc.max_episode_steps or dataset.metadata.get("max_episode_steps")
                          or env_limit)
     refs = (dataset.metadata.get("ref_min_score"), dataset.metadata.get("ref_max_score"))
@@ -332,8 +332,8 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
     from offrl.algos.sampler import TransitionSampler
 
     sampler = TransitionSampler(transitions, seeds, tc.batch_size, device)
-    agent = agent_cls(config.algo, transitions.observations.shape[1],
-                      transitions.actions.shape[1], seeds, device=device, max_action=max_action)
+    obs_dim, act_dim = transitions.observations.shape[1], transitions.actions.shape[1]
+    agent = agent_cls(config.algo, obs_dim, act_dim, seeds, device=device, max_action=max_action)
     accumulator = MetricAccumulator()
     start = 0
     if resuming and run.latest_checkpoint.is_file():
@@ -354,7 +354,7 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
         # Rows after the checkpoint were written by the run that stopped; they come again.
         metrics_log.truncate_after_step(start)
         evaluations_log.truncate_after_step(start)
-        run.update_info(status=STATUS_RUNNING, finished=None,
+        run.update_info(status=STATUS_RUNNING, finished=None, error=None,
                         resumed=info.get("resumed", []) + [{"at": utc_now(), "step": start}])
     tensorboard = TensorBoardLog(run.tensorboard_dir, enabled=tc.tensorboard,
                                  purge_step=start + 1 if resuming else None)
@@ -366,6 +366,7 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
 
     def checkpoint(step: int) -> None:
         state = {"step": step, "algo": algo_name, "config": config.to_dict(),
+                 "observation_dim": obs_dim, "action_dim": act_dim, "max_action": max_action,
                  "normalization": normalization.to_json(), "agent": agent.state_dict(),
                  "sampler": sampler.state_dict(),
                  "loop": {"metrics": accumulator.state_dict(), "rng": global_rng_state()}}
@@ -443,8 +444,11 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
                     break
             else:
                 status = STATUS_COMPLETE
-    except BaseException:
+    except KeyboardInterrupt:
         run.update_info(status=STATUS_INTERRUPTED)
+        raise
+    except Exception as exc:
+        run.update_info(status=STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         bar.close()

@@ -27,7 +27,8 @@ CHECKPOINTS = "checkpoints"
 LATEST_CHECKPOINT = "latest.pt"
 TENSORBOARD = "tensorboard"
 
-STATUS_RUNNING, STATUS_INTERRUPTED, STATUS_COMPLETE = "running", "interrupted", "complete"
+STATUS_RUNNING, STATUS_INTERRUPTED, STATUS_FAILED, STATUS_COMPLETE = (
+    "running", "interrupted", "failed", "complete")
 
 
 def utc_now() -> str:
@@ -186,7 +187,7 @@ class RunDirectory:
 
 
 def run_info(*, algo: str, dataset: Any, seeds: list[int], steps: int, device: str,
-             config_source: str | None, command: list[str] | None,
+             config_source: str | None, command: Any,
              max_episode_steps: int | None) -> dict[str, Any]:
     """The initial run.json: identity and provenance of a run (see docs/run-directory.md)."""
     import torch
