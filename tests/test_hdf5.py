@@ -64,7 +64,7 @@ def assert_same_dataset(a: Dataset, b: Dataset, metadata=True):
         assert a.extras[key].dtype == b.extras[key].dtype, key
         np.testing.assert_array_equal(a.extras[key], b.extras[key], err_msg=key)
     if metadata:
-        strip = lambda m: {k: v for k, v in m.items() if k not in SOURCE_KEYS}  # noqa: E731
+        strip = lambda m: {k: v for k, v in m.items() if k not in SOURCE_KEYS}
         assert strip(a.metadata) == strip(b.metadata)
 
 

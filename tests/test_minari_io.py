@@ -10,13 +10,13 @@ import minari
 import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
+from test_hdf5 import assert_same_dataset, d4rl_arrays, write_raw
 
-import offrl.data.minari_io as minari_io
+from offrl.data import minari_io
 from offrl.data.cache import cache_path
 from offrl.data.dataset import Dataset, DatasetError
 from offrl.data.hdf5 import SOURCE_KEYS, read_hdf5
 from offrl.data.minari_io import read_minari, write_minari
-from test_hdf5 import assert_same_dataset, d4rl_arrays, write_raw
 
 N = 60
 
@@ -34,6 +34,7 @@ def d4rl_file(tmp_path, dtype=np.float32, next_obs=True, **changes):
 
 
 def ours(metadata):
+    """Metadata that travels with the data (the Minari id replaces the source's dataset_id)."""
     return {k: v for k, v in metadata.items() if k not in SOURCE_KEYS and k != "dataset_id"}
 
 
@@ -101,14 +102,16 @@ def test_writing_needs_next_observations(tmp_path, offrl_home):
     np.testing.assert_array_equal(back.observations, src.observations[keep])
     np.testing.assert_array_equal(back.actions, src.actions[keep])
     # The next observation of a kept step is the dataset's next row.
-    np.testing.assert_array_equal(back.next_observations, src.observations[np.flatnonzero(keep) + 1])
+    np.testing.assert_array_equal(back.next_observations,
+                                  src.observations[np.flatnonzero(keep) + 1])
     assert back.timeouts[back.episode_ends - 1].all()  # the cut episodes end truncated
 
 
 def test_next_observation_mismatch_inside_episode_is_refused(tmp_path, offrl_home):
     src = read_hdf5(d4rl_file(tmp_path))
     src.next_observations[3] += 1
-    with pytest.raises(DatasetError, match=r"next_observations\[3\] differs from observations\[4\]"):
+    with pytest.raises(DatasetError,
+                       match=r"next_observations\[3\] differs from observations\[4\]"):
         write_minari(src, "offrl-test/mm-v0")
 
 
@@ -117,6 +120,11 @@ def test_existing_dataset_is_not_overwritten(tmp_path, offrl_home):
     write_minari(src, "offrl-test/x-v0")
     with pytest.raises(DatasetError, match="already exists"):
         write_minari(src, "offrl-test/x-v0")
+
+
+def test_malformed_id_is_a_dataset_error(tmp_path, offrl_home):
+    with pytest.raises(DatasetError, match="cannot write Minari dataset 'offrl-test/no version'"):
+        write_minari(read_hdf5(d4rl_file(tmp_path)), "offrl-test/no version")
 
 
 def test_failed_write_leaves_nothing(tmp_path, offrl_home, monkeypatch):
@@ -191,7 +199,8 @@ def test_fast_path_equals_minari_reader(offrl_home):
                                   np.concatenate([e.observations[1:] for e in episodes]))
     np.testing.assert_array_equal(fast.actions, np.concatenate([e.actions for e in episodes]))
     np.testing.assert_array_equal(fast.rewards, np.concatenate([e.rewards for e in episodes]))
-    np.testing.assert_array_equal(fast.terminals, np.concatenate([e.terminations for e in episodes]))
+    np.testing.assert_array_equal(fast.terminals,
+                                  np.concatenate([e.terminations for e in episodes]))
     np.testing.assert_array_equal(fast.timeouts, np.concatenate([e.truncations for e in episodes]))
     np.testing.assert_array_equal(fast.episode_lengths, [len(b.rewards) for b in buffers])
     # Infos come with T+1 rows from Minari's collector; the row after the last step is dropped.
@@ -269,8 +278,7 @@ def test_changed_source_invalidates_cache(tmp_path, offrl_home, monkeypatch):
     # metadata.json counts too (e.g. updated reference scores).
     meta_file = path / "data" / "metadata.json"
     meta = json.loads(meta_file.read_text())
-    meta["ref_max_score"] = 1.0
-    meta.pop("offrl_metadata")
+    meta["ref_max_score"] = 1.0  # Minari's field wins over our JSON copy of the metadata
     meta_file.write_text(json.dumps(meta))
     assert read_minari("offrl-test/inv-v0").metadata["ref_max_score"] == 1.0
     assert calls == [1, 1]

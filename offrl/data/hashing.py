@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 CHUNK_BYTES = 1 << 20
 

@@ -9,7 +9,7 @@ File layout (every key is a plain HDF5 dataset, readable with nothing but h5py):
     timeouts           (N,) bool or 0/1                optional (older D4RL files lack it)
     next_observations  (N, obs_dim) float              optional
     labelled           (N,) bool                       optional; written only when some rows are not
-    infos/<name>       (N, ...)                        -> Dataset.infos[<name>] (nested names keep '/')
+    infos/<name>       (N, ...)                        -> Dataset.infos[<name>] (nested: 'a/b')
     anything else      e.g. metadata/algorithm, metadata/policy/fc0/weight
                        -> Dataset.extras[<path>], exact dtype and shape (0-d for scalars)
     metadata/offrl/metadata_json     our Dataset.metadata as a JSON string (written by us)
@@ -56,7 +56,8 @@ def read_hdf5(path: str | os.PathLike, *, max_episode_steps: int | None = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+        what = "is a directory, not a file" if path.is_dir() else "no such file"
+        raise DatasetError(f"{path}: {what}")
     try:
         with h5py.File(path, "r") as f:
             raw = _read_all_datasets(f, path)
@@ -67,7 +68,7 @@ def read_hdf5(path: str | os.PathLike, *, max_episode_steps: int | None = None,
 
 
 def _read_all_datasets(f: h5py.File, path: Path) -> dict[str, Any]:
-    """{path in file: numpy array (0-d for scalars)} for every dataset, read whole (no row loops)."""
+    """{path in file: numpy array (0-d for scalars)} for every dataset, read whole (no row loop)."""
     names: list[str] = []
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
     out: dict[str, Any] = {}
@@ -93,7 +94,8 @@ def _dataset_from_arrays(raw: dict[str, Any], path: Path, max_episode_steps: int
 
     missing = [k for k in ("observations", "rewards", "terminals") if k not in raw]
     if missing:
-        raise DatasetError(f"{path}: missing required key(s) {', '.join(repr(k) for k in missing)}; "
+        names = ", ".join(repr(k) for k in missing)
+        raise DatasetError(f"{path}: missing required key(s) {names}; "
                            "a D4RL-layout file needs 'observations' (N, obs_dim), 'rewards' (N,) "
                            "and 'terminals' (N,)")
     obs = raw.pop("observations")
@@ -197,7 +199,7 @@ def _decode_metadata_json(path: Path, value: np.ndarray) -> dict[str, Any]:
     try:
         decoded = json.loads(_plain(value))
         if not isinstance(decoded, dict):
-            raise ValueError("not a JSON object")
+            raise TypeError("not a JSON object")
         return decoded
     except (ValueError, TypeError) as e:
         raise DatasetError(f"{path}: '{METADATA_JSON_KEY}' is not a JSON object ({e})") from e
@@ -262,27 +264,26 @@ def write_hdf5(dataset: Dataset, path: str | os.PathLike, *, compression: str | 
     metadata_json = json.dumps({k: v for k, v in dataset.metadata.items() if k not in SOURCE_KEYS},
                                default=_json_default, sort_keys=True)
 
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            put_rows(f, "observations", dataset.observations)
-            if dataset.action_dim > 0:
-                put_rows(f, "actions", dataset.actions)
-            put_rows(f, "rewards", dataset.rewards)
-            put_rows(f, "terminals", dataset.terminals)
-            if has_timeouts:
-                put_rows(f, "timeouts", dataset.timeouts)
-            if dataset.next_observations is not None:
-                put_rows(f, "next_observations", dataset.next_observations)
-            if not dataset.fully_labelled:
-                put_rows(f, "labelled", dataset.labelled)
-            for name, arr in dataset.infos.items():
-                put_rows(f, f"infos/{name}", np.asarray(arr))
-            for key, value in dataset.extras.items():
-                f.create_dataset(key, data=value)  # keeps h5py string dtypes and 0-d scalars
-            f.create_dataset(METADATA_JSON_KEY, data=metadata_json,
-                             dtype=h5py.string_dtype("utf-8"))
-            if not np.array_equal(implied_starts, dataset.episode_starts):
-                f.create_dataset(EPISODE_STARTS_KEY, data=dataset.episode_starts.astype(np.int64))
+    # h5py closes the file before atomic_output moves it into place (contexts exit inner first).
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        put_rows(f, "observations", dataset.observations)
+        if dataset.action_dim > 0:
+            put_rows(f, "actions", dataset.actions)
+        put_rows(f, "rewards", dataset.rewards)
+        put_rows(f, "terminals", dataset.terminals)
+        if has_timeouts:
+            put_rows(f, "timeouts", dataset.timeouts)
+        if dataset.next_observations is not None:
+            put_rows(f, "next_observations", dataset.next_observations)
+        if not dataset.fully_labelled:
+            put_rows(f, "labelled", dataset.labelled)
+        for name, arr in dataset.infos.items():
+            put_rows(f, f"infos/{name}", np.asarray(arr))
+        for key, value in dataset.extras.items():
+            f.create_dataset(key, data=value)  # keeps h5py string dtypes and 0-d scalars
+        f.create_dataset(METADATA_JSON_KEY, data=metadata_json, dtype=h5py.string_dtype("utf-8"))
+        if not np.array_equal(implied_starts, dataset.episode_starts):
+            f.create_dataset(EPISODE_STARTS_KEY, data=dataset.episode_starts.astype(np.int64))
     return path
 
 

@@ -44,8 +44,9 @@ def algorithm_colors(names: Sequence[str]) -> dict[str, tuple]:
 def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 150) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg`` into ``out_dir``; return both paths."""
     paths = [Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}.svg"]
-    fig.savefig(paths[0], dpi=dpi, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[0], dpi=dpi)
+    fig.set_layout_engine("none")  # the layout is settled; don't solve it again for the SVG
+    fig.savefig(paths[1])
     return paths
 
 

@@ -209,6 +209,8 @@ def _coerce(value: Any, tp: Any) -> Any:
             return value
         raise TypeError
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
         for arg in typing.get_args(tp):
             if arg is type(None):
                 continue
