@@ -88,6 +88,11 @@ def test_reads_d4rl_file_keeping_dtypes(tmp_path, dtype):
                                   raw["metadata/policy/fc0/weight"])
 
 
+def test_skipping_infos(tmp_path):
+    ds = read_hdf5(write_raw(tmp_path / "d.hdf5", d4rl_arrays()), load_infos=False)
+    assert ds.infos == {} and len(ds) == N and "metadata/algorithm" in ds.extras
+
+
 def test_column_arrays_and_numeric_flags(tmp_path):
     """medium-replay style: float64, rewards and terminals as (N, 1), terminals as 0./1."""
     raw = d4rl_arrays(np.float64)

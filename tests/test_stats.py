@@ -138,8 +138,9 @@ def test_probability_of_improvement_bootstrap_equals_rliable_on_the_same_resampl
 
 def test_intervals_agree_with_rliable_within_monte_carlo_error():
     """Independent random streams: ours at 50k replicates vs rliable at 2k (seeded globally)."""
+    # 10 and 7 runs: with 3 runs the bootstrap distribution is too lumpy to compare quantiles
     score_dict = _score_matrices()["unequal_runs"]
-    score_dict = {k: score_dict[k] for k in ("a", "b")}
+    score_dict = {k: score_dict[k] for k in ("a", "c")}
     ours = stats.aggregate_intervals(score_dict, reps=50_000, seed=3)
     np.random.seed(0)  # rliable ignores random_state; only the global seed makes it repeatable
     _, ci = rliable_library.get_interval_estimates(score_dict, _rliable_aggregates(100.0),

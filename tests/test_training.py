@@ -62,6 +62,8 @@ def tiny_config(agent_cls=TD3BC, **training):
     # Small networks keep the tests fast; the loop does not care about widths.
     small = {f.name: [32, 32] for f in dataclasses.fields(agent_cls.config_class)
              if f.name.endswith("hidden_dims")}
+    small.update({f.name: 2 for f in dataclasses.fields(agent_cls.config_class)
+                  if f.name == "cql_n_actions"})
     return load_config(agent_cls.name, agent_cls.config_class, None, training_overrides=values,
                        algo_overrides=small)
 
@@ -235,26 +237,26 @@ def test_exact_resume(dataset, tmp_path, agent_cls):
     """A run stopped and resumed equals an uninterrupted one bit for bit: parameters,
     optimiser state, metrics.csv rows and evaluations (with their env seeds)."""
     kw = dict(progress=False, print_fn=quiet)
-    cfg = lambda: tiny_config(agent_cls, keep_checkpoints=True)  # noqa: E731
+    cfg = lambda: tiny_config(agent_cls, steps=200, keep_checkpoints=True)  # noqa: E731
     train(agent_cls, dataset, cfg(), run_dir=tmp_path / "straight", **kw)
 
-    # Clean stop (Ctrl-C or a time limit) between checkpoints, then resume.
+    # A clean stop (Ctrl-C, a time limit) between checkpoints writes a checkpoint there.
     stopped = train(agent_cls, dataset, cfg(), run_dir=tmp_path / "stopped", stop_at_step=150, **kw)
     assert stopped.status == "interrupted"
     assert json.loads((tmp_path / "stopped" / "run.json").read_text())["status"] == "interrupted"
-    train(agent_cls, dataset, None, run_dir=tmp_path / "stopped", **kw)
-
-    # A crash: rows up to step 250 are on disk but the last checkpoint is from step 200.
-    train(agent_cls, dataset, cfg(), run_dir=tmp_path / "crashed", stop_at_step=250, **kw)
+    # A crash instead: rows up to step 150 are on disk but the last checkpoint is step 100's.
+    shutil.copytree(tmp_path / "stopped", tmp_path / "crashed")
     ckpts = tmp_path / "crashed" / "checkpoints"
-    shutil.copy(ckpts / "step_200.pt", ckpts / "latest.pt")
+    shutil.copy(ckpts / "step_100.pt", ckpts / "latest.pt")
+
+    train(agent_cls, dataset, None, run_dir=tmp_path / "stopped", **kw)
     train(agent_cls, dataset, cfg(), run_dir=tmp_path / "crashed", **kw)
 
     reference = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")
     for name in ("stopped", "crashed"):
         run = tmp_path / name
         state = load_checkpoint(run / "checkpoints" / "latest.pt")
-        assert state["step"] == 300
+        assert state["step"] == 200
         assert same_state(state["agent"], reference["agent"]), name
         assert same_state(state["sampler"], reference["sampler"]), name
         assert rows(run / "metrics.csv", ["updates_per_s"]) == rows(

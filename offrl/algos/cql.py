@@ -70,7 +70,7 @@ from typing import Any, ClassVar
 import torch
 
 from offrl.algos.base import Agent, Batch, member_generators
-from offrl.algos.networks import EnsembleMLP, LayerInit, expand_members
+from offrl.algos.networks import EnsembleMLP, LayerInit, ensemble_linear, expand_members
 from offrl.algos.optim import make_adam, soft_update_
 
 __all__ = ["CQL", "CQLConfig", "cql_logsumexp"]
@@ -480,7 +480,7 @@ def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
     """An EnsembleMLP (relu, no layer norm) evaluated with explicit [w0, b0, w1, b1, ...]."""
     last = len(params) // 2 - 1
     for i in range(last + 1):
-        x = torch.baddbmm(params[2 * i + 1], x, params[2 * i])
+        x = ensemble_linear(x, params[2 * i], params[2 * i + 1])
         if i < last:
             x = torch.relu(x)
     return x

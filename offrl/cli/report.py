@@ -55,6 +55,8 @@ def register(subparsers) -> None:
                          help="random permutations when exact enumeration is too large "
                               "(default 10000)")
     compare.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
+    compare.add_argument("--statistic", choices=["t", "mean"], default="t",
+                         help="Welch t (default) or AdaStop's plain mean difference")
     compare.add_argument("--aggregate", action="store_true",
                          help="one test on each seed's mean score over the datasets, instead "
                               "of one test per dataset")
@@ -136,7 +138,8 @@ def run_compare(args) -> int:
     for title, scores in groups:
         result = sequential_compare(scores, n_per_interim=args.n_per_interim,
                                     interims=args.interims, alpha=args.alpha,
-                                    permutations=args.permutations, seed=args.seed)
+                                    permutations=args.permutations, seed=args.seed,
+                                    statistic=args.statistic)
         state = ("finished" if result.finished
                  else f"interim {result.interims_done} of {result.interims} done")
         print(f"\n{title}: {state}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import h5py
 
-from offrl.data.dataset import Dataset, DatasetError
+from offrl.data.dataset import Dataset
 from offrl.data.hdf5 import METADATA_JSON_KEY, read_hdf5, write_hdf5
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def load_cached(path: Path, expected: dict[str, Any]) -> Dataset | None:
             log.info("cache %s is stale; rebuilding", path)
             return None
         dataset = read_hdf5(path)
-    except (OSError, KeyError, ValueError, RuntimeError, DatasetError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with a cache, rebuilding fixes it
         # Corrupt or half-readable cache: never trusted, rebuilt by the caller.
         log.warning("ignoring unreadable cache %s (%s)", path, e)
         return None

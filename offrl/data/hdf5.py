@@ -47,12 +47,15 @@ DEFAULT_MAX_EPISODE_STEPS = 1000
 
 # ---------------------------------------------------------------------------------------- read
 def read_hdf5(path: str | os.PathLike, *, max_episode_steps: int | None = None,
-              metadata: dict[str, Any] | None = None) -> Dataset:
+              metadata: dict[str, Any] | None = None, load_infos: bool = True) -> Dataset:
     """Load a D4RL-layout HDF5 file, validated, keeping the stored dtypes.
 
     `max_episode_steps` splits episodes in files without `timeouts` (D4RL's fallback); None
     means the value the file recorded, else 1000. `metadata` (e.g. a card's fields) is merged
-    over what the file recorded. Raises DatasetError naming the file and key on bad input.
+    over what the file recorded. `load_infos=False` skips `infos/*` (in Hopper-shaped files
+    qpos/qvel are float64 and about 60% of the bytes to decompress); training does not need
+    them, but a Dataset read that way writes back without them.
+    Raises DatasetError naming the file and key on bad input.
     """
     path = Path(path)
     if not path.is_file():
@@ -60,17 +63,19 @@ def read_hdf5(path: str | os.PathLike, *, max_episode_steps: int | None = None,
         raise DatasetError(f"{path}: {what}")
     try:
         with h5py.File(path, "r") as f:
-            raw = _read_all_datasets(f, path)
+            raw = _read_all_datasets(f, path, load_infos)
     except (OSError, RuntimeError) as e:  # h5py's errors for truncated, corrupt or non-HDF5 files
         raise DatasetError(f"{path}: cannot open as HDF5 ({e}); the file is truncated, corrupt "
                            "or not an HDF5 file") from e
     return _dataset_from_arrays(raw, path, max_episode_steps, metadata)
 
 
-def _read_all_datasets(f: h5py.File, path: Path) -> dict[str, Any]:
+def _read_all_datasets(f: h5py.File, path: Path, load_infos: bool = True) -> dict[str, Any]:
     """{path in file: numpy array (0-d for scalars)} for every dataset, read whole (no row loop)."""
     names: list[str] = []
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    if not load_infos:
+        names = [n for n in names if not n.startswith("infos/")]
     out: dict[str, Any] = {}
     for name in names:
         ds = f[name]

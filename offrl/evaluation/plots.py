@@ -120,8 +120,12 @@ def plot_performance_profiles(
 def plot_probability_of_improvement(
     poi: Mapping[tuple[str, str], Interval],
     colors: Mapping[str, tuple],
+    confidence: float = 0.95,
+    max_rows: int = 10,
 ) -> Figure:
-    """One row per pair: the interval of P(X > Y), X named on the left and Y on the right."""
+    """P(X > Y) with intervals: one row per pair, or a matrix when there are many pairs."""
+    if len(poi) > max_rows:
+        return _probability_of_improvement_matrix(poi, confidence)
     pairs = list(poi)
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(7.0, 1.3 + 0.42 * len(pairs)), layout="constrained")
@@ -145,6 +149,46 @@ def plot_probability_of_improvement(
         right.tick_params(axis="y", length=0)
         ax.set_xlabel("P(X > Y): probability that a run of X beats a run of Y")
         ax.set_title("Probability of improvement (X left, Y right)")
+    return fig
+
+
+def _probability_of_improvement_matrix(poi: Mapping[tuple[str, str], Interval],
+                                       confidence: float) -> Figure:
+    """Cell (row X, column Y) holds P(X > Y); bold where its interval excludes ½."""
+    names = list(dict.fromkeys(n for pair in poi for n in pair))
+    index = {n: i for i, n in enumerate(names)}
+    point = np.full((len(names), len(names)), np.nan)
+    clear = np.zeros_like(point, dtype=bool)
+    for (x, y), iv in poi.items():
+        # P(Y > X) = 1 - P(X > Y), and its interval is the mirror image.
+        for a, b, value, low, high in ((x, y, iv.point, iv.low, iv.high),
+                                       (y, x, 1 - iv.point, 1 - iv.high, 1 - iv.low)):
+            point[index[a], index[b]] = value
+            clear[index[a], index[b]] = low > 0.5 or high < 0.5
+    size = 0.62 * len(names) + 2.4
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(size + 1.2, size), layout="constrained")
+        ax = fig.subplots()
+        image = ax.imshow(point, cmap="RdBu", vmin=0, vmax=1)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                if not np.isfinite(point[i, j]):
+                    continue
+                if clear[i, j]:
+                    style = {"fontweight": "bold",
+                             "color": "white" if abs(point[i, j] - 0.5) > 0.3 else "black"}
+                else:  # no clear difference: quieter text (these cells are near white)
+                    style = {"color": "dimgray"}
+                ax.text(j, i, f"{point[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        **style)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.grid(False)
+        ax.set_xlabel("Y")
+        ax.set_ylabel("X")
+        ax.set_title(f"P(X > Y), row X vs column Y; bold: {100 * confidence:g}% interval "
+                     "excludes 0.5")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="P(X > Y)")
     return fig
 
 

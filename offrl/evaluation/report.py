@@ -163,7 +163,7 @@ def build_report(runs: RunSet, out_dir: str | Path, settings: ReportSettings | N
     fig = plots.plot_performance_profiles(profiles, colors)
     files += plots.save_figure(fig, out_dir, "profiles")
     if poi:
-        fig = plots.plot_probability_of_improvement(poi, colors)
+        fig = plots.plot_probability_of_improvement(poi, colors, s.confidence)
         files += plots.save_figure(fig, out_dir, "probability_of_improvement")
 
     panels = []
