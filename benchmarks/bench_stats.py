@@ -116,12 +116,14 @@ def main(argv=None) -> int:
         print(f"rliable: aggregates {scaled_agg:7.2f} s   P(improvement) {scaled_poi:6.2f} s   "
               f"total {rl_total:7.2f} s{note}")
         print(f"speed-up: {rl_total / ours_total:.1f}× overall "
-              f"(aggregates {scaled_agg / ours_agg:.1f}×, P(improvement) {scaled_poi / ours_poi:.1f}×)")
+              f"(aggregates {scaled_agg / ours_agg:.1f}×, "
+              f"P(improvement) {scaled_poi / ours_poi:.1f}×)")
 
         # Same numbers within Monte-Carlo error: largest endpoint gap relative to interval width.
         worst_agg = max(
-            abs(agg_cis[name][side, j] - (iv.low if side == 0 else iv.high)) / max(iv.high - iv.low, 1e-12)
-            for name in scores for j, (metric, iv) in enumerate(aggregates[name].items())
+            abs(agg_cis[name][side, j] - (iv.low if side == 0 else iv.high))
+            / max(iv.high - iv.low, 1e-12)
+            for name in scores for j, iv in enumerate(aggregates[name].values())
             for side in (0, 1))
         worst_poi = max(
             abs(poi_cis[f"{x},{y}"][side] - (iv.low if side == 0 else iv.high)).max()

@@ -28,6 +28,27 @@ def test_identical_agents_keep_family_wise_error_at_alpha(algorithms, experiment
     assert (result.interims_done[undecided] == 4).all()
 
 
+def test_a_noisy_pair_is_not_misjudged_because_of_a_steady_third_algorithm():
+    """Per-pair references: a low-variance third algorithm does not narrow the null of two
+    noisy ones (pooling all algorithms' scores would, and doubles their error)."""
+    rng = np.random.default_rng(8)
+    data = rng.normal(size=(600, 3, 20))
+    data[:, 2] *= 0.1                                   # same mean, a tenth of the spread
+    result = sequential_test_batch(data, 5, 4, ALPHA, seed=1)
+    assert (result.decisions[:, 0] != 0).mean() <= ALPHA + _slack(600)
+
+
+def test_two_algorithms_scaled_and_plain_statistics_agree():
+    rng = np.random.default_rng(9)
+    data = rng.normal(size=(300, 2, 20))
+    data[:, 1] += 0.8
+    scaled = sequential_test_batch(data, 5, 4, ALPHA, permutations=2_000, seed=1)
+    plain = sequential_test_batch(data, 5, 4, ALPHA, permutations=2_000, seed=1,
+                                  statistic="mean")
+    np.testing.assert_array_equal(scaled.decisions, plain.decisions)
+    np.testing.assert_array_equal(scaled.decided_at, plain.decided_at)
+
+
 def test_signed_permutation_distribution_doubles_the_error():
     """The published package's flaw: |T| against signed permuted differences rejects ~2 alpha."""
     rng = np.random.default_rng(2)

@@ -120,7 +120,8 @@ def test_config_bad_values_and_toml(tmp_path):
         load_config("td3_bc", TD3BC.config_class,
                     write(tmp_path / "v.toml", '[training]\nnormalize_reward = "yes"\n'))
     with pytest.raises(ConfigError, match=r"s\.toml.*steps.*positive"):
-        load_config("td3_bc", TD3BC.config_class, write(tmp_path / "s.toml", "[training]\nsteps = 0\n"))
+        load_config("td3_bc", TD3BC.config_class,
+                    write(tmp_path / "s.toml", "[training]\nsteps = 0\n"))
     with pytest.raises(ConfigError, match=r"t\.toml.*not valid TOML"):
         read_config_file(write(tmp_path / "t.toml", "[training\n"))
     with pytest.raises(ConfigError, match="does not exist"):
@@ -261,7 +262,8 @@ def test_exact_resume(dataset, tmp_path, agent_cls):
         assert same_state(state["sampler"], reference["sampler"]), name
         assert rows(run / "metrics.csv", ["updates_per_s"]) == rows(
             tmp_path / "straight" / "metrics.csv", ["updates_per_s"]), name
-        assert rows(run / "evaluations.csv") == rows(tmp_path / "straight" / "evaluations.csv"), name
+        assert rows(run / "evaluations.csv") == rows(
+            tmp_path / "straight" / "evaluations.csv"), name
         assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 

@@ -31,6 +31,8 @@ def register(subparsers) -> None:
                         help="interval coverage (default 0.95)")
     report.add_argument("--gamma", type=float, default=100.0,
                         help="optimality-gap threshold in normalized score (default 100)")
+    report.add_argument("--no-figures", action="store_true",
+                        help="write tables and JSON only (much faster)")
     _add_name_and_datasets(report)
     report.set_defaults(func=run_report)
 
@@ -55,8 +57,9 @@ def register(subparsers) -> None:
                          help="random permutations when exact enumeration is too large "
                               "(default 10000)")
     compare.add_argument("--seed", type=int, default=0, help="permutation seed (default 0)")
-    compare.add_argument("--statistic", choices=["t", "mean"], default="t",
-                         help="Welch t (default) or AdaStop's plain mean difference")
+    compare.add_argument("--statistic", choices=["z", "mean"], default="z",
+                         help="mean difference over its pooled standard error (default), or "
+                              "AdaStop's plain mean difference")
     compare.add_argument("--aggregate", action="store_true",
                          help="one test on each seed's mean score over the datasets, instead "
                               "of one test per dataset")
@@ -70,6 +73,9 @@ def _add_name_and_datasets(parser: argparse.ArgumentParser) -> None:
                              "(give one per RUNS, in order; '-' keeps run.json's algo)")
     parser.add_argument("--common-datasets", action="store_true",
                         help="use only the datasets every algorithm was run on")
+    parser.add_argument("--include-incomplete", action="store_true",
+                        help="also use runs that are not complete (running, interrupted, "
+                             "failed), scored at their latest evaluation")
 
 
 def _load(args):
@@ -81,7 +87,7 @@ def _load(args):
             raise UserError(f"--name was given {len(args.name)} time(s) for {len(args.runs)} RUNS "
                             "argument(s); give one label per RUNS argument ('-' to keep algo)")
         labels = [None if label == "-" else label for label in args.name]
-    runs = load_runs(args.runs, labels)
+    runs = load_runs(args.runs, labels, include_incomplete=args.include_incomplete)
     for warning in runs.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return runs
@@ -93,7 +99,8 @@ def run_report(args) -> int:
     runs = _load(args)
     out = args.out or Path(f"report-{dt.datetime.now():%Y%m%d-%H%M%S}")
     settings = ReportSettings(reps=args.reps, seed=args.seed, confidence=args.confidence,
-                              gamma=args.gamma, common_datasets=args.common_datasets)
+                              gamma=args.gamma, common_datasets=args.common_datasets,
+                              figures=not args.no_figures)
     report = build_report(runs, out, settings)
     for warning in report.warnings[len(runs.warnings):]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -66,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override one config value (TOML syntax), e.g. algo.beta=10; repeatable")
     p.add_argument("--eval-every", type=int, metavar="N",
                    help="gradient steps between evaluations (0: only at the end)")
-    p.add_argument("--eval-episodes", type=int, metavar="N", help="episodes per seed per evaluation")
+    p.add_argument("--eval-episodes", type=int, metavar="N",
+                   help="episodes per seed per evaluation")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu; a resumed "
                         "run keeps its device)")
@@ -139,7 +140,8 @@ def parse_seed_list(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
-        raise UserError(f"--seed-list must be comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+        raise UserError(f"--seed-list must be comma-separated integers, e.g. 0,1,2; "
+                        f"got {text!r}") from None
     if not seeds:
         raise UserError("--seed-list is empty")
     return seeds
@@ -152,8 +154,8 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
         name, eq, text = item.partition("=")
         table, dot, key = name.strip().partition(".")
         if not eq or not dot or table not in out or not key:
-            raise UserError(f"--set {item!r}: expected TABLE.KEY=VALUE with TABLE algo or training, "
-                            "e.g. --set algo.beta=10")
+            raise UserError(f"--set {item!r}: expected TABLE.KEY=VALUE with TABLE algo or "
+                            "training, e.g. --set algo.beta=10")
         try:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
@@ -254,7 +256,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     run_device = info.get("device")
-    if args.device is None and run_device and run_device.startswith("cuda") and not torch.cuda.is_available():
+    if (args.device is None and run_device and run_device.startswith("cuda")
+            and not torch.cuda.is_available()):
         run_device = "cpu"
     device = resolve_device(args.device, run_device or "cpu")
     ckpt_path = Path(args.checkpoint) if args.checkpoint else run.latest_checkpoint

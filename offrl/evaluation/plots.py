@@ -222,11 +222,10 @@ def plot_curves(
             ax.xaxis.set_major_locator(ticker.MaxNLocator(5))
         for ax in axes[len(panels):]:
             ax.set_visible(False)
-        for ax in axes[:len(panels)]:
-            if ax.get_subplotspec().is_first_col():
+        for i, ax in enumerate(axes[:len(panels)]):
+            if i % ncols == 0:
                 ax.set_ylabel(ylabel)
-            if ax.get_subplotspec().is_last_row() or not axes[min(len(axes) - 1,
-                                                                  list(axes).index(ax) + ncols)].get_visible():
+            if i + ncols >= len(panels):   # nothing drawn below this panel
                 ax.set_xlabel(xlabel)
         handles = [matplotlib.lines.Line2D([], [], color=colors[n], linewidth=2) for n in names]
         fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6),

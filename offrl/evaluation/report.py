@@ -34,6 +34,7 @@ class ReportSettings:
     seed: int = 0
     gamma: float = stats.DEFAULT_GAMMA   # optimality-gap threshold, normalized-score units
     common_datasets: bool = False  # aggregate over the datasets every algorithm has
+    figures: bool = True          # False: tables and JSON only (fast)
 
 
 @dataclass
@@ -73,7 +74,55 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     return path
 
 
-def build_report(runs: RunSet, out_dir: str | Path, settings: ReportSettings | None = None) -> Report:
+def _write_figures(runs, out_dir, datasets, algorithms, aggregates, profiles, poi, colors, s):
+    """Write every figure; return the files and the (dataset, stem) of training-metric ones."""
+    pct = f"{100 * s.confidence:g}%"
+    files: list[Path] = []
+    metric_figures: list[tuple[str, str]] = []
+    fig = plots.plot_interval_estimates(aggregates, stats.AGGREGATE_METRICS, colors)
+    files += plots.save_figure(fig, out_dir, "aggregates")
+    fig = plots.plot_performance_profiles(profiles, colors)
+    files += plots.save_figure(fig, out_dir, "profiles")
+    if poi:
+        fig = plots.plot_probability_of_improvement(poi, colors, s.confidence)
+        files += plots.save_figure(fig, out_dir, "probability_of_improvement")
+
+    panels = []
+    for dataset in datasets:
+        curves = {}
+        for algo in algorithms:
+            curve = runs.evaluation_curve(algo, dataset)
+            mean, low, high = stats.curve_intervals(curve.values, reps=s.curve_reps,
+                                                    confidence=s.confidence, seed=s.seed,
+                                                    key=f"{algo}/{dataset}")
+            keep = np.isfinite(mean)
+            curves[algo] = (curve.steps[keep], mean[keep], low[keep], high[keep])
+        panels.append((dataset, curves))
+    fig = plots.plot_curves(panels, colors, ylabel="Normalized score",
+                            suptitle=f"Evaluation: mean over seeds, {pct} bootstrap band")
+    files += plots.save_figure(fig, out_dir, "learning_curves")
+
+    for dataset in datasets:
+        by_metric: dict[str, dict] = {}
+        for algo in algorithms:
+            for metric, curve in runs.metric_curves(algo, dataset).items():
+                mean, low, high = stats.curve_intervals(
+                    curve.values, reps=s.curve_reps, confidence=s.confidence, seed=s.seed,
+                    key=f"{algo}/{dataset}/{metric}")
+                keep = np.isfinite(mean)
+                by_metric.setdefault(metric, {})[algo] = (curve.steps[keep], mean[keep],
+                                                          low[keep], high[keep])
+        if by_metric:
+            fig = plots.plot_curves(list(by_metric.items()), colors, ylabel="value",
+                                    suptitle=f"Training metrics on {dataset} (mean over seeds)")
+            stem = f"metrics_{_slug(dataset)}"
+            files += plots.save_figure(fig, out_dir, stem)
+            metric_figures.append((dataset, stem))
+    return files, metric_figures
+
+
+def build_report(runs: RunSet, out_dir: str | Path,
+                 settings: ReportSettings | None = None) -> Report:
     """Compute every statistic of ``runs`` and write the report folder ``out_dir``."""
     s = settings or ReportSettings()
     out_dir = Path(out_dir)
@@ -158,46 +207,11 @@ def build_report(runs: RunSet, out_dir: str | Path, settings: ReportSettings | N
                             score_rows))
 
     # ---- figures
-    fig = plots.plot_interval_estimates(aggregates, stats.AGGREGATE_METRICS, colors)
-    files += plots.save_figure(fig, out_dir, "aggregates")
-    fig = plots.plot_performance_profiles(profiles, colors)
-    files += plots.save_figure(fig, out_dir, "profiles")
-    if poi:
-        fig = plots.plot_probability_of_improvement(poi, colors, s.confidence)
-        files += plots.save_figure(fig, out_dir, "probability_of_improvement")
-
-    panels = []
-    for dataset in datasets:
-        curves = {}
-        for algo in algorithms:
-            curve = runs.evaluation_curve(algo, dataset)
-            mean, low, high = stats.curve_intervals(curve.values, reps=s.curve_reps,
-                                                    confidence=s.confidence, seed=s.seed,
-                                                    key=f"{algo}/{dataset}")
-            keep = np.isfinite(mean)
-            curves[algo] = (curve.steps[keep], mean[keep], low[keep], high[keep])
-        panels.append((dataset, curves))
-    fig = plots.plot_curves(panels, colors, ylabel="Normalized score",
-                            suptitle=f"Evaluation: mean over seeds, {pct} bootstrap band")
-    files += plots.save_figure(fig, out_dir, "learning_curves")
-
-    metric_figures = []
-    for dataset in datasets:
-        by_metric: dict[str, dict] = {}
-        for algo in algorithms:
-            for metric, curve in runs.metric_curves(algo, dataset).items():
-                mean, low, high = stats.curve_intervals(
-                    curve.values, reps=s.curve_reps, confidence=s.confidence, seed=s.seed,
-                    key=f"{algo}/{dataset}/{metric}")
-                keep = np.isfinite(mean)
-                by_metric.setdefault(metric, {})[algo] = (curve.steps[keep], mean[keep],
-                                                          low[keep], high[keep])
-        if by_metric:
-            fig = plots.plot_curves(list(by_metric.items()), colors, ylabel="value",
-                                    suptitle=f"Training metrics on {dataset} (mean over seeds)")
-            stem = f"metrics_{_slug(dataset)}"
-            files += plots.save_figure(fig, out_dir, stem)
-            metric_figures.append((dataset, stem))
+    metric_figures: list[tuple[str, str]] = []
+    if s.figures:
+        written, metric_figures = _write_figures(runs, out_dir, datasets, algorithms,
+                                                 aggregates, profiles, poi, colors, s)
+        files += written
 
     # ---- report.md and report.json
     from offrl import __version__
@@ -206,6 +220,9 @@ def build_report(runs: RunSet, out_dir: str | Path, settings: ReportSettings | N
     run_rows = [[r.algo, r.dataset_id, ", ".join(str(x) for x in sorted(r.scores)),
                  str(max(r.final_steps.values())), r.status,
                  str(r.info.get("git_commit") or "")[:10], str(r.path)] for r in runs.runs]
+    def image(title: str, stem: str) -> str:
+        return f"![{title}]({stem}.png)\n" if s.figures else ""
+
     parts = [
         "# offrl report", "",
         f"Built {now} by offrl {__version__} from {len(runs.runs)} run director"
@@ -215,17 +232,19 @@ def build_report(runs: RunSet, out_dir: str | Path, settings: ReportSettings | N
         f"evaluation. Intervals: {pct} stratified bootstrap (runs resampled within each "
         f"dataset), percentile method; {s.reps} replicates for tables, {s.profile_reps} for "
         f"profiles and P(improvement); seed {s.seed}.", "",
-        "## Aggregates", "", aggregate_md, "", "![Aggregate scores](aggregates.png)", "",
+        "## Aggregates", "", aggregate_md, "", image("Aggregate scores", "aggregates"),
         "## Per-dataset scores", "", dataset_md, "",
-        "## Performance profiles", "", "![Performance profiles](profiles.png)", "",
     ]
+    if s.figures:
+        parts += ["## Performance profiles", "", image("Performance profiles", "profiles")]
     if poi:
         parts += ["## Probability of improvement", "", poi_md, "",
-                  "![Probability of improvement](probability_of_improvement.png)", ""]
-    parts += ["## Learning curves", "", "![Learning curves](learning_curves.png)", ""]
+                  image("Probability of improvement", "probability_of_improvement")]
+    if s.figures:
+        parts += ["## Learning curves", "", image("Learning curves", "learning_curves")]
     if metric_figures:
         parts += ["## Training metrics", ""]
-        parts += [f"![Training metrics on {d}]({stem}.png)" for d, stem in metric_figures] + [""]
+        parts += [image(f"Training metrics on {d}", stem) for d, stem in metric_figures]
     parts += ["## Runs", "",
               _markdown_table(["algorithm", "dataset", "seeds", "last step", "status", "commit",
                                "run directory"], run_rows), ""]
@@ -244,7 +263,13 @@ def build_report(runs: RunSet, out_dir: str | Path, settings: ReportSettings | N
         "aggregates": {a: {m: as_dict(iv) for m, iv in aggregates[a].items()} for a in algorithms},
         "per_dataset": {a: {d: {**as_dict(per_dataset[a][i]), "runs": len(columns[a][i])}
                             for i, d in enumerate(datasets)} for a in algorithms},
-        "probability_of_improvement": [{"x": x, "y": y, **as_dict(iv)} for (x, y), iv in poi.items()],
+        "probability_of_improvement": [{"x": x, "y": y, **as_dict(iv)}
+                                       for (x, y), iv in poi.items()],
+        "performance_profiles": {
+            kind: {"taus": taus.tolist(),
+                   "algorithms": {a: {"point": p.point.tolist(), "low": p.low.tolist(),
+                                      "high": p.high.tolist()} for a, p in per_algo.items()}}
+            for kind, per_algo in profiles.items()},
         "scores": [dict(zip(["algorithm", "dataset", "seed", "step", "score", "run_dir"], row))
                    for row in score_rows],
         "warnings": warnings,

@@ -2,8 +2,10 @@
 
 A run directory holds one algorithm on one dataset, with several seeds; each seed is a run.
 The score of a run is the mean ``normalized_score`` over the episodes of that seed's last
-evaluation step (last iterate, not best). Several directories of the same algorithm and dataset
-(e.g. seeds 0-4 and 5-9 trained separately) are merged; the same seed twice is an error.
+evaluation step (last iterate, not best). Only runs whose run.json ``status`` is "complete"
+have a final evaluation, so others are left out (with a warning) unless asked for. Several
+directories of the same algorithm and dataset (e.g. seeds 0-4 and 5-9 trained separately) are
+merged; the same seed twice is an error.
 """
 
 from __future__ import annotations
@@ -259,11 +261,14 @@ class RunSet:
         return {m: Curve.merge([r.metrics[m] for r in runs if m in r.metrics]) for m in names}
 
 
-def load_runs(paths: Sequence[str | Path], labels: Sequence[str | None] | None = None) -> RunSet:
+def load_runs(paths: Sequence[str | Path], labels: Sequence[str | None] | None = None,
+              include_incomplete: bool = False) -> RunSet:
     """Read every run directory given or found below ``paths``.
 
     ``labels[i]``, when not None, names the algorithm of every run found under ``paths[i]``
-    (to tell apart two variants that share run.json's ``algo``).
+    (to tell apart two variants that share run.json's ``algo``). Runs that are not "complete"
+    (running, interrupted, failed) are skipped with a warning, or, with ``include_incomplete``,
+    scored at their latest evaluation.
     """
     if not paths:
         raise RunDirError("no run directories given")
@@ -271,14 +276,27 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str | None] | None =
         raise RunDirError(f"got {len(labels)} name(s) for {len(paths)} run path(s); give one "
                           "name per path")
     runs: list[RunDir] = []
+    warnings: list[str] = []
     seen: set[Path] = set()
     for i, p in enumerate(paths):
         for run_path in find_run_dirs(p):
             if run_path.resolve() in seen:
                 continue
             seen.add(run_path.resolve())
-            runs.append(read_run_dir(run_path, labels[i] if labels else None))
-    warnings = []
+            run = read_run_dir(run_path, labels[i] if labels else None)
+            if run.status != "complete":
+                last = max(run.final_steps.values())
+                if not include_incomplete:
+                    warnings.append(f"{run.path}: skipped, status is {run.status!r} (only "
+                                    "complete runs have a final evaluation)")
+                    continue
+                warnings.append(f"{run.path}: status is {run.status!r}; using its latest "
+                                f"evaluation (step {last})")
+            runs.append(run)
+    if not runs:
+        raise RunDirError("no complete runs to report on" + (
+            f" ({len(warnings)} skipped; --include-incomplete uses their latest evaluation)"
+            if warnings else ""))
     owner: dict[tuple[str, str, int], Path] = {}
     for run in runs:
         for seed in run.scores:
@@ -287,9 +305,6 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str | None] | None =
                 raise RunDirError(f"seed {seed} of {run.algo} on {run.dataset_id} appears twice: "
                                   f"in {owner[key]} and in {run.path}; pass each seed once")
             owner[key] = run.path
-        if run.status != "complete":
-            warnings.append(f"{run.path}: status is {run.status!r}; using its latest evaluation "
-                            f"(step {max(run.final_steps.values())})")
     runset = RunSet(runs, warnings)
     for algo in runset.algorithms:
         for dataset in runset.datasets:

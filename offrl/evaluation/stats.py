@@ -84,7 +84,8 @@ def as_task_columns(scores: ScoreInput, name: str = "scores") -> list[np.ndarray
     """
     if isinstance(scores, np.ndarray):
         if scores.ndim != 2:
-            raise ScoreError(f"{name}: expected scores shaped (runs, tasks), got shape {scores.shape}")
+            raise ScoreError(f"{name}: expected scores shaped (runs, tasks), "
+                             f"got shape {scores.shape}")
         columns = [scores[:, t] for t in range(scores.shape[1])]
     elif isinstance(scores, (list, tuple)):
         columns = [np.asarray(c) for c in scores]
@@ -117,7 +118,8 @@ def check_score_dict(score_dict: Mapping[str, ScoreInput]) -> dict[str, list[np.
     """Validate ``{algorithm: scores}``: finite, non-empty, and the same number of tasks for all."""
     if not score_dict:
         raise ScoreError("no algorithms given")
-    checked = {str(name): as_task_columns(s, f"algorithm {name!r}") for name, s in score_dict.items()}
+    checked = {str(name): as_task_columns(s, f"algorithm {name!r}")
+               for name, s in score_dict.items()}
     n_tasks = {name: len(cols) for name, cols in checked.items()}
     if len(set(n_tasks.values())) > 1:
         listing = ", ".join(f"{name!r}: {n}" for name, n in n_tasks.items())
@@ -174,7 +176,7 @@ def probability_of_improvement(scores_x: ScoreInput, scores_y: ScoreInput) -> fl
 
 
 def score_distribution(scores: ScoreInput, taus: np.ndarray) -> np.ndarray:
-    """Run-score distribution: fraction of all runs × tasks with ``score > tau``; ``(len(taus),)``."""
+    """Run-score distribution: fraction of runs × tasks with ``score > tau``; ``(len(taus),)``."""
     values = np.concatenate(as_task_columns(scores))
     return (values[:, None] > np.asarray(taus, dtype=float)[None, :]).mean(axis=0)
 
@@ -210,7 +212,8 @@ def counts_from_indices(idx: np.ndarray, n_runs: int) -> np.ndarray:
     """Turn resampled run indices ``(reps, k)`` into draw counts ``(reps, n_runs)``."""
     reps = idx.shape[0]
     flat = idx + n_runs * np.arange(reps)[:, None]
-    return np.bincount(flat.ravel(), minlength=reps * n_runs).reshape(reps, n_runs).astype(np.float64)
+    counts = np.bincount(flat.ravel(), minlength=reps * n_runs).reshape(reps, n_runs)
+    return counts.astype(np.float64)
 
 
 def _chunks(reps: int, n_per_rep: int):
@@ -219,7 +222,8 @@ def _chunks(reps: int, n_per_rep: int):
         yield min(size, reps - start)
 
 
-def _percentile_interval(replicates: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+def _percentile_interval(replicates: np.ndarray,
+                         confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval along axis 0 (``np.percentile``, linear), as arch/rliable do."""
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(replicates, [tail, 100.0 - tail], axis=0)
@@ -262,7 +266,8 @@ class _Layout:
         The runs are sorted once; a resample's sorted sequence is each value repeated ``count``
         times, so with ``c_k`` the cumulative count up to the k-th smallest value, the number of
         copies of that value inside the kept window is ``a_k - a_{k-1}``, ``a = clip(c, lo, hi)``.
-        Summing by parts, ``sum_k (a_k - a_{k-1}) v_k = hi v_N - lo v_1 - sum_{k<N} a_k (v_{k+1} - v_k)``.
+        Summing by parts,
+        ``sum_k (a_k - a_{k-1}) v_k = hi v_N - lo v_1 - sum_{k<N} a_k (v_{k+1} - v_k)``.
         """
         lo, hi = self.trim, self.n - self.trim
         cum = np.cumsum(counts[:, self.order[:-1]], axis=1)
@@ -274,7 +279,7 @@ class _Layout:
 
 def _aggregate_replicates(layout: _Layout, counts: np.ndarray, metrics: Sequence[str],
                           gamma: float) -> np.ndarray:
-    """The requested aggregates of each resample described by ``counts``: ``(reps, len(metrics))``."""
+    """The aggregates of each resample described by ``counts``: ``(reps, len(metrics))``."""
     out = np.empty((counts.shape[0], len(metrics)))
     task_means = None
     as_float = counts.astype(np.float64)  # BLAS products want floats; the cumsum wants ints
@@ -284,7 +289,8 @@ def _aggregate_replicates(layout: _Layout, counts: np.ndarray, metrics: Sequence
         elif metric in ("Mean", "Median"):
             if task_means is None:
                 task_means = layout.task_means(as_float)
-            out[:, j] = task_means.mean(axis=1) if metric == "Mean" else np.median(task_means, axis=1)
+            out[:, j] = (task_means.mean(axis=1) if metric == "Mean"
+                         else np.median(task_means, axis=1))
         elif metric == "Optimality Gap":
             out[:, j] = gamma - (as_float @ np.minimum(layout.values, gamma)) / layout.n
         else:  # checked by the caller
@@ -292,7 +298,8 @@ def _aggregate_replicates(layout: _Layout, counts: np.ndarray, metrics: Sequence
     return out
 
 
-def _point_aggregates(columns: list[np.ndarray], metrics: Sequence[str], gamma: float) -> list[float]:
+def _point_aggregates(columns: list[np.ndarray], metrics: Sequence[str],
+                      gamma: float) -> list[float]:
     funcs = {"IQM": iqm, "Mean": mean_score, "Median": median_score,
              "Optimality Gap": lambda c: optimality_gap(c, gamma)}
     return [funcs[m](list(columns)) for m in metrics]
@@ -402,7 +409,8 @@ def probability_of_improvement_intervals(
             per_task.append(u / (cx.size * cy.size))
         replicates = np.mean(per_task, axis=0)
         low, high = _percentile_interval(replicates, confidence)
-        point = float(np.mean([_win_matrix(cx, cy).mean() for cx, cy in zip(checked[x], checked[y])]))
+        point = float(np.mean([_win_matrix(cx, cy).mean()
+                               for cx, cy in zip(checked[x], checked[y])]))
         results[(x, y)] = Interval(point, float(low), float(high))
     return results
 
@@ -434,7 +442,8 @@ def performance_profiles(
         rng = _rng(seed, f"profile_{kind}", name)
         above = (layout.values[:, None] > taus[None, :]).astype(np.float64)   # (N, taus)
         parts = []
-        for chunk in _chunks(reps, layout.n * max(1, taus.size // 8)):
+        # per replicate: N counts, and (average kind) tasks × taus comparisons
+        for chunk in _chunks(reps, max(layout.n, len(columns) * taus.size)):
             counts = layout.draw(rng, chunk).astype(np.float64)
             if kind == "runs":
                 parts.append(counts @ above / layout.n)

@@ -91,7 +91,8 @@ def complete_episode_returns(dataset: Dataset) -> np.ndarray:
     return returns
 
 
-def prepare_transitions(dataset: Dataset, training: TrainingConfig) -> tuple[Transitions, Normalization]:
+def prepare_transitions(dataset: Dataset,
+                        training: TrainingConfig) -> tuple[Transitions, Normalization]:
     """CORL's preprocessing: the transition view, reward scaling, then state normalisation.
 
     Rewards: "return_range" divides by (max − min) complete-episode return and multiplies by
@@ -118,12 +119,14 @@ def prepare_transitions(dataset: Dataset, training: TrainingConfig) -> tuple[Tra
     multiplier *= training.reward_scale
     rewards = t.rewards
     if multiplier != 1.0 or training.reward_bias != 0.0:
-        rewards = (t.rewards.astype(np.float64) * multiplier + training.reward_bias).astype(np.float32)
+        rewards = t.rewards.astype(np.float64) * multiplier + training.reward_bias
+        rewards = rewards.astype(np.float32)
 
     obs_dim = t.observations.shape[1]
     if training.normalize_states:
         mean = t.observations.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = (t.observations.std(axis=0, dtype=np.float64) + training.state_std_eps).astype(np.float32)
+        std = t.observations.std(axis=0, dtype=np.float64) + training.state_std_eps
+        std = std.astype(np.float32)
     else:
         mean, std = np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32)
     norm = Normalization(mean, std, reward_multiplier=multiplier,
