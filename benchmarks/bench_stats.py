@@ -4,7 +4,8 @@ Workload (the issue's): 10 algorithms × 9 tasks × 10 seeds; IQM, Mean, Median 
 Gap intervals with 50,000 stratified-bootstrap replicates, plus P(X > Y) intervals for all 45
 pairs with 2,000 replicates. rliable needs minutes for this; ``--rliable-reps`` /
 ``--rliable-poi-reps`` run it on fewer replicates and scale its time up linearly (its cost is
-a Python loop per replicate), and the JSON says so.
+a Python loop per replicate), and the JSON says so. Wall-clock and CPU (process) seconds are
+both recorded: on a shared machine the CPU ratio is the steadier one.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_stats.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_stats.py --rliable-reps 5000
@@ -39,13 +40,24 @@ def score_matrices(algorithms: int, tasks: int, runs: int, seed: int) -> dict[st
             + rng.normal(0, rng.uniform(3, 15), size=(runs, tasks)) for i in range(algorithms)}
 
 
+class Timer:
+    """Wall-clock and CPU seconds of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+
 def time_ours(scores, reps, poi_reps, seed):
-    start = time.perf_counter()
-    aggregates = stats.aggregate_intervals(scores, reps=reps, seed=seed)
-    middle = time.perf_counter()
-    poi = stats.probability_of_improvement_intervals(scores, reps=poi_reps, seed=seed)
-    end = time.perf_counter()
-    return aggregates, poi, middle - start, end - middle
+    with Timer() as agg_time:
+        aggregates = stats.aggregate_intervals(scores, reps=reps, seed=seed)
+    with Timer() as poi_time:
+        poi = stats.probability_of_improvement_intervals(scores, reps=poi_reps, seed=seed)
+    return aggregates, poi, agg_time, poi_time
 
 
 def time_rliable(scores, reps, poi_reps):
@@ -56,14 +68,13 @@ def time_rliable(scores, reps, poi_reps):
                          metrics.aggregate_median(x), metrics.aggregate_optimality_gap(x, 100)])
 
     np.random.seed(0)   # rliable ignores random_state; the global seed makes it repeatable
-    start = time.perf_counter()
-    _, aggregate_cis = library.get_interval_estimates(scores, aggregate_func, reps=reps)
-    middle = time.perf_counter()
+    with Timer() as agg_time:
+        _, aggregate_cis = library.get_interval_estimates(scores, aggregate_func, reps=reps)
     pairs = {f"{x},{y}": [scores[x], scores[y]] for x, y in stats.all_pairs(list(scores))}
-    _, poi_cis = library.get_interval_estimates(pairs, metrics.probability_of_improvement,
-                                                reps=poi_reps)
-    end = time.perf_counter()
-    return aggregate_cis, poi_cis, middle - start, end - middle
+    with Timer() as poi_time:
+        _, poi_cis = library.get_interval_estimates(pairs, metrics.probability_of_improvement,
+                                                    reps=poi_reps)
+    return aggregate_cis, poi_cis, agg_time, poi_time
 
 
 def main(argv=None) -> int:
@@ -90,10 +101,13 @@ def main(argv=None) -> int:
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
 
     stats.aggregate_intervals({"warmup": scores["algo0"]}, reps=100)   # imports, first calls
-    aggregates, poi, ours_agg, ours_poi = time_ours(scores, args.reps, args.poi_reps, args.seed)
+    aggregates, poi, ours_agg_t, ours_poi_t = time_ours(scores, args.reps, args.poi_reps,
+                                                        args.seed)
+    ours_agg, ours_poi = ours_agg_t.wall, ours_poi_t.wall
     ours_total = ours_agg + ours_poi
+    ours_cpu = ours_agg_t.cpu + ours_poi_t.cpu
     print(f"offrl:   aggregates {ours_agg:7.2f} s   P(improvement) {ours_poi:6.2f} s   "
-          f"total {ours_total:7.2f} s")
+          f"total {ours_total:7.2f} s   (CPU {ours_cpu:.2f} s)")
     result = {
         "workload": {"algorithms": args.algorithms, "tasks": args.tasks, "runs": args.runs,
                      "aggregate_reps": args.reps, "poi_reps": args.poi_reps, "pairs": n_pairs},
@@ -101,21 +115,27 @@ def main(argv=None) -> int:
                     "cpus": os.cpu_count(), "platform": platform.platform(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
         "offrl_seconds": {"aggregates": ours_agg, "probability_of_improvement": ours_poi,
-                          "total": ours_total},
+                          "total": ours_total,
+                          "cpu": {"aggregates": ours_agg_t.cpu,
+                                  "probability_of_improvement": ours_poi_t.cpu,
+                                  "total": ours_cpu}},
     }
 
     if not args.skip_rliable:
         rl_reps = args.rliable_reps or args.reps
         rl_poi_reps = args.rliable_poi_reps or args.poi_reps
-        agg_cis, poi_cis, rl_agg, rl_poi = time_rliable(scores, rl_reps, rl_poi_reps)
+        agg_cis, poi_cis, rl_agg_t, rl_poi_t = time_rliable(scores, rl_reps, rl_poi_reps)
+        rl_agg, rl_poi = rl_agg_t.wall, rl_poi_t.wall
         scaled_agg = rl_agg * args.reps / rl_reps
         scaled_poi = rl_poi * args.poi_reps / rl_poi_reps
+        scaled_cpu = (rl_agg_t.cpu * args.reps / rl_reps
+                      + rl_poi_t.cpu * args.poi_reps / rl_poi_reps)
         extrapolated = rl_reps != args.reps or rl_poi_reps != args.poi_reps
         rl_total = scaled_agg + scaled_poi
         note = " (extrapolated linearly from fewer replicates)" if extrapolated else ""
         print(f"rliable: aggregates {scaled_agg:7.2f} s   P(improvement) {scaled_poi:6.2f} s   "
-              f"total {rl_total:7.2f} s{note}")
-        print(f"speed-up: {rl_total / ours_total:.1f}× overall "
+              f"total {rl_total:7.2f} s   (CPU {scaled_cpu:.2f} s){note}")
+        print(f"speed-up: {rl_total / ours_total:.1f}× wall, {scaled_cpu / ours_cpu:.1f}× CPU "
               f"(aggregates {scaled_agg / ours_agg:.1f}×, "
               f"P(improvement) {scaled_poi / ours_poi:.1f}×)")
 
@@ -132,11 +152,13 @@ def main(argv=None) -> int:
               f"width; P(X > Y) endpoints within {worst_poi:.3f}")
         result["rliable_seconds"] = {
             "aggregates": scaled_agg, "probability_of_improvement": scaled_poi, "total": rl_total,
+            "cpu_total": scaled_cpu,
             "measured": {"aggregates": rl_agg, "probability_of_improvement": rl_poi},
             "reps_run": {"aggregates": rl_reps, "probability_of_improvement": rl_poi_reps},
             "extrapolated": extrapolated}
         result["speedup"] = {"total": rl_total / ours_total, "aggregates": scaled_agg / ours_agg,
-                             "probability_of_improvement": scaled_poi / ours_poi}
+                             "probability_of_improvement": scaled_poi / ours_poi,
+                             "cpu_total": scaled_cpu / ours_cpu}
         result["agreement"] = {"aggregate_endpoint_gap_over_width": worst_agg,
                                "poi_endpoint_gap": float(worst_poi)}
 

@@ -68,7 +68,8 @@ def make_pendulum_dataset(n_episodes: int = 150, expert_prob: float = 0.3, seed:
     only an algorithm that uses the rewards gets near the controller.
 
     Returns (transitions, obs_mean, obs_std) with rewards multiplied by `reward_scale`; actions
-    are torques in [-2, 2] (max_action = 2).
+    are torques divided by 2, so in [-1, 1] like D4RL's (max_action = 1; `evaluate_agent`
+    multiplies them back).
     """
     rng = np.random.default_rng(seed)
     th, thdot = pendulum_reset(rng, n_episodes)
@@ -83,7 +84,7 @@ def make_pendulum_dataset(n_episodes: int = 150, expert_prob: float = 0.3, seed:
     def flat(x):
         x = np.asarray(x)
         return np.swapaxes(x, 0, 1).reshape(n_episodes * EPISODE_STEPS, *x.shape[2:])
-    o, a, r, n = flat(obs), flat(act).astype(np.float32)[:, None], flat(rew), flat(nxt)
+    o, a, r, n = flat(obs), (flat(act) / MAX_TORQUE).astype(np.float32)[:, None], flat(rew), flat(nxt)
     mean, std = o.mean(0), o.std(0) + 1e-3
     tr = Transitions(observations=((o - mean) / std).astype(np.float32), actions=a,
                      rewards=(r * reward_scale).astype(np.float32),
@@ -95,7 +96,7 @@ def make_pendulum_dataset(n_episodes: int = 150, expert_prob: float = 0.3, seed:
 def evaluate_agent(agent, obs_mean: np.ndarray, obs_std: np.ndarray, n_episodes: int = 20,
                    seed: int = 12345) -> np.ndarray:
     """(S,) mean undiscounted return of every member's deterministic policy, same start states
-    for every member."""
+    for every member. The agent acts in [-1, 1]; the torque is twice that."""
     S = agent.num_members
     rng = np.random.default_rng(seed)
     th0, thdot0 = pendulum_reset(rng, n_episodes)
@@ -105,7 +106,7 @@ def evaluate_agent(agent, obs_mean: np.ndarray, obs_std: np.ndarray, n_episodes:
         o = (pendulum_obs(th, thdot) - obs_mean) / obs_std
         with torch.no_grad():
             u = agent.act(torch.as_tensor(o, dtype=torch.float32), deterministic=True)
-        th, thdot, r = pendulum_step(th, thdot, u.cpu().numpy()[..., 0].astype(np.float64))
+        th, thdot, r = pendulum_step(th, thdot, MAX_TORQUE * u.cpu().numpy()[..., 0].astype(np.float64))
         total += r
     return total.mean(axis=1)
 

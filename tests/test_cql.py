@@ -209,14 +209,19 @@ def corl_gradients(agent, batch, noise, rand, cfg, bc):
     {"cql_lagrange": True, "cql_target_action_gap": 0.8, "cql_max_target_backup": True,
      "cql_clip_diff_min": -0.5, "backup_entropy": True},
     {"automatic_entropy_tuning": False, "alpha_multiplier": 0.3, "backup_entropy": True},
-], ids=["default", "bc_steps", "no_importance_sampling", "lagrange_max_backup", "fixed_alpha"])
-def test_gradients_match_a_transcription_of_corl(options):
-    """One backward of the summed losses gives each parameter exactly the gradient of its own
-    loss as CORL computes it (float64, max_action 2, perturbed targets)."""
+    {"cql_clip_diff_min": -0.2, "cql_clip_diff_max": 0.3, "cql_temp": 2.0},
+], ids=["default", "bc_steps", "no_importance_sampling", "lagrange_max_backup", "fixed_alpha",
+        "clipped"])
+@pytest.mark.parametrize("critic_backward", ["fused", "autograd"])
+def test_gradients_match_a_transcription_of_corl(options, critic_backward):
+    """One backward of the summed losses (with the critics' part by hand, or by autograd) gives
+    each parameter exactly the gradient of its own loss as CORL computes it (float64,
+    max_action 2, perturbed targets; chunks of 2 states for the fused critic)."""
     options = dict(options)
     bc = options.pop("bc", False)
     cfg = CQLConfig(**SMALL, **options)
-    agent = CQL(cfg, 5, 2, [7], max_action=2.0)
+    agent = CQL(cfg, 5, 2, [7], max_action=2.0, critic_backward=critic_backward,
+                chunk_rows=2 * 2 * 10)
     torch.manual_seed(0)
     with torch.no_grad():
         for module in (agent.actor, agent.critic, agent.critic_target):
@@ -228,7 +233,8 @@ def test_gradients_match_a_transcription_of_corl(options):
     batch = random_batch(1, 16, 5, 2, seed=1, max_action=2.0, dtype=torch.float64)
     noise, rand = (x.double() for x in agent._draw_noise(1, 16))
     total, metrics = agent._losses_eager(batch.observations, batch.actions, batch.rewards,
-                                         batch.next_observations, batch.dones, noise, rand, bc)
+                                         batch.next_observations, batch.dones, noise, rand, bc,
+                                         critic_backward == "fused")
     total.backward()
     want, qf_loss, policy_loss = corl_gradients(agent, batch, noise, rand, cfg, bc)
     assert metrics["critic_loss"].item() == pytest.approx(qf_loss.item(), rel=1e-12)

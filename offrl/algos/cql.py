@@ -178,7 +178,7 @@ class CQL(Agent):
 
     def __init__(self, config: CQLConfig, observation_dim: int, action_dim: int,
                  seeds: list[int], device: str | torch.device = "cpu", max_action: float = 1.0,
-                 *, compile: bool = False):
+                 *, critic_backward: str = "fused", chunk_rows: int = 4096, compile: bool = False):
         if not isinstance(config, CQLConfig):
             raise TypeError(f"CQL needs a CQLConfig; got {type(config).__name__}")
         if len(seeds) == 0:
@@ -235,6 +235,10 @@ class CQL(Agent):
         self._update_generators = member_generators(self.seeds, "update", self.device)
         self._act_generators = member_generators(self.seeds, "act", self.device)
 
+        if critic_backward not in ("fused", "autograd"):
+            raise ValueError(f"critic_backward must be 'fused' or 'autograd'; got {critic_backward!r}")
+        self.critic_backward = critic_backward
+        self.chunk_rows = int(chunk_rows)
         self._losses = self._losses_eager
         self.compiled = bool(compile)
         if compile:
@@ -282,8 +286,12 @@ class CQL(Agent):
 
     # ------------------------------------------------------------------ losses
     def _losses_eager(self, obs, act, rew, next_obs, done, noise, random_actions,
-                      bc: bool):
-        """Per-member losses (S,) summed into one scalar for a single backward, and metrics."""
+                      bc: bool, fused: bool = False):
+        """Per-member losses (S,) summed into one scalar for a single backward, and metrics.
+
+        With `fused`, the critics' loss and gradients are computed by
+        `_fused_critic_loss_and_grads` (which sets the critic parameters' .grad) and the scalar
+        covers only the actor, α and α' losses."""
         c = self.config
         S, B, A = act.shape
         N, K = c.cql_n_actions, self.num_critics
@@ -339,35 +347,50 @@ class CQL(Agent):
         # ---- critics: one pass over every (s, action) pair ------------------------------
         # per state: [data action, N random, N policy at s', N policy at s]
         actions = torch.cat([act.unsqueeze(2), random_actions, next_pi_act, cur_act], dim=2)
-        n_all = 1 + 3 * N
-        obs_rep = obs.unsqueeze(2).expand(S, B, n_all, obs.shape[-1])
-        q_all = self._q(self.critic, obs_rep.reshape(S, B * n_all, -1),
-                        actions.reshape(S, B * n_all, A)).view(S, K, B, n_all)
-        q_data = q_all[..., 0]  # (S, K, B)
-        q_rand, q_next_pi, q_cur = q_all[..., 1:1 + N], q_all[..., 1 + N:1 + 2 * N], q_all[..., 1 + 2 * N:]
-        td_loss = (q_data - y.unsqueeze(1)).square().mean(dim=2)  # (S, K)
-        lse = cql_logsumexp(q_rand, q_data, q_next_pi, q_cur, next_pi_log_pi.unsqueeze(1),
-                            cur_log_pi.unsqueeze(1), self._log_density_random,
-                            c.cql_importance_sample, c.cql_temp)  # (S, K, B)
-        cql_diff = (lse - q_data).clamp(c.cql_clip_diff_min, c.cql_clip_diff_max).mean(dim=2)  # (S, K)
         if c.cql_lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)  # (S,)
-            gap = cql_diff - c.cql_target_action_gap
-            cql_loss = alpha_prime.detach().unsqueeze(1) * c.cql_alpha * gap  # (S, K)
-            alpha_prime_loss = -0.5 * (alpha_prime.unsqueeze(1) * c.cql_alpha * gap.detach()).sum(dim=1)
+            cql_weight = alpha_prime.detach() * c.cql_alpha
         else:
             alpha_prime = log_pi.new_zeros(S)
-            cql_loss = c.cql_alpha * cql_diff
+            cql_weight = log_pi.new_full((S,), c.cql_alpha)
+        if fused:
+            # log densities of the proposals, aligned with actions[..., 1:]
+            log_density = torch.cat([log_pi.new_full((S, B, N), self._log_density_random),
+                                     next_pi_log_pi, cur_log_pi], dim=2)
+            td_loss, cql_diff, q_data_mean, q_random_mean = _fused_critic_loss_and_grads(
+                self.critic, obs, actions, y, log_density, cql_weight,
+                importance_sample=c.cql_importance_sample, temperature=c.cql_temp,
+                clip_min=c.cql_clip_diff_min, clip_max=c.cql_clip_diff_max,
+                rows_per_chunk=self.chunk_rows)
+        else:
+            n_all = 1 + 3 * N
+            obs_rep = obs.unsqueeze(2).expand(S, B, n_all, obs.shape[-1])
+            q_all = self._q(self.critic, obs_rep.reshape(S, B * n_all, -1),
+                            actions.reshape(S, B * n_all, A)).view(S, K, B, n_all)
+            q_data = q_all[..., 0]  # (S, K, B)
+            q_rand, q_next_pi, q_cur = q_all[..., 1:1 + N], q_all[..., 1 + N:1 + 2 * N], q_all[..., 1 + 2 * N:]
+            td_loss = (q_data - y.unsqueeze(1)).square().mean(dim=2)  # (S, K)
+            lse = cql_logsumexp(q_rand, q_data, q_next_pi, q_cur, next_pi_log_pi.unsqueeze(1),
+                                cur_log_pi.unsqueeze(1), self._log_density_random,
+                                c.cql_importance_sample, c.cql_temp)  # (S, K, B)
+            cql_diff = (lse - q_data).clamp(c.cql_clip_diff_min, c.cql_clip_diff_max).mean(dim=2)  # (S, K)
+            q_data_mean, q_random_mean = q_data.detach()[:, 0].mean(dim=1), q_rand.detach()[:, 0].mean(dim=(1, 2))
+        if c.cql_lagrange:
+            gap = cql_diff.detach() - c.cql_target_action_gap
+            alpha_prime_loss = -0.5 * (alpha_prime.unsqueeze(1) * c.cql_alpha * gap).sum(dim=1)
+        else:
             alpha_prime_loss = log_pi.new_zeros(S)
-        critic_loss = (td_loss + cql_loss).sum(dim=1)  # (S,)
+        # L_TD + L_CQL per seed (with the fused path its gradients are already in place)
+        critic_loss = (td_loss + cql_weight.unsqueeze(1) * (cql_diff - (c.cql_target_action_gap if c.cql_lagrange else 0.0))).sum(dim=1)
 
-        total = (critic_loss + actor_loss + alpha_loss + alpha_prime_loss).sum()
+        losses = actor_loss + alpha_loss + alpha_prime_loss
+        total = (losses if fused else losses + critic_loss).sum()
         metrics = {
             "critic_loss": critic_loss.detach(),
             "td_loss": td_loss.detach().mean(dim=1),
             "cql_diff": cql_diff.detach().mean(dim=1),
-            "q_data": q_data.detach()[:, 0].mean(dim=1),
-            "q_random": q_rand.detach()[:, 0].mean(dim=(1, 2)),
+            "q_data": q_data_mean,
+            "q_random": q_random_mean,
             "q_target": y.mean(dim=1),
             "actor_loss": actor_loss.detach(),
             "log_pi": log_pi.detach().mean(dim=1),
@@ -401,10 +424,11 @@ class CQL(Agent):
         if S != len(self.seeds):
             raise ValueError(f"batch has {S} members; this agent trains {len(self.seeds)}")
         noise, random_actions = self._draw_noise(S, B)
+        self.optimizer.zero_grad(set_to_none=True)
         total, metrics = self._losses(batch.observations, batch.actions, batch.rewards,
                                       batch.next_observations, batch.dones, noise,
-                                      random_actions, self.step <= self.config.bc_steps)
-        self.optimizer.zero_grad(set_to_none=True)
+                                      random_actions, self.step <= self.config.bc_steps,
+                                      self.critic_backward == "fused")
         total.backward()
         self.optimizer.step()
         if self.step % self.config.target_update_period == 0:
@@ -484,3 +508,105 @@ def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         if i < last:
             x = torch.relu(x)
     return x
+
+
+@torch.no_grad()
+def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions: torch.Tensor,
+                                 y: torch.Tensor, log_density: torch.Tensor,
+                                 cql_weight: torch.Tensor, *, importance_sample: bool,
+                                 temperature: float, clip_min: float, clip_max: float,
+                                 rows_per_chunk: int):
+    """The critics' loss L_Q = Σ_k (L_TD,k + w Δ_k) and its gradient, by hand, a chunk of states
+    at a time, so that every activation of a chunk stays in cache between its forward and
+    backward pass (autograd would run the forward over all B (1 + 3N) rows, then the backward,
+    streaming the activations through memory in between).
+
+    critic: the ensemble of M = S K critics (relu MLP, no layer norm); obs (S, B, O);
+    actions (S, B, n, A) with n = 1 + 3N, ordered [data, N random, N at s', N at s];
+    y (S, B) TD targets; log_density (S, B, n - 1) the proposals' log densities (aligned with
+    actions[..., 1:]); cql_weight (S,) w (cql_alpha, or α' cql_alpha). Sets .grad of every
+    critic parameter and returns L_TD (S, K), Δ (S, K) (clipped, before the weight) and the
+    mean Q of critic 0 at the data and at the random actions (S,).
+
+    Per state the loss needs only that state's n Q values, which is what makes chunks exact:
+        ∂L/∂Q(s, a) = 2 (Q(s, a) - y) / B - w/B · 1[clip inactive]         (the data action)
+        ∂L/∂Q(s, a_j) = w/B · 1[clip inactive] · softmax_j(X / T)            (the proposals)
+    with X the logsumexp's arguments (without importance sampling the data action is one of
+    them too and also gets its softmax share).
+    """
+    S, B, n, A = actions.shape
+    layers = list(critic.layers)
+    M = layers[0].weight.shape[0]
+    K = M // S
+    O = obs.shape[-1]
+    w0 = layers[0].weight
+    w0_obs, w0_act = w0[:, :, :O], w0[:, :, O:]
+    grads_w = [torch.zeros_like(layer.weight) for layer in layers]
+    grads_b = [torch.zeros_like(layer.bias) for layer in layers]
+    td_sum = obs.new_zeros(S, K)
+    diff_sum = obs.new_zeros(S, K)
+    q_data_sum = obs.new_zeros(S)
+    q_rand_sum = obs.new_zeros(S)
+    n_random = (n - 1) // 3
+    clipped = clip_min > -math.inf or clip_max < math.inf
+    coef = (cql_weight / B).view(S, 1, 1)
+    chunk = max(1, rows_per_chunk // (M * n))  # states per chunk
+    for b0 in range(0, B, chunk):
+        b1 = min(B, b0 + chunk)
+        c = b1 - b0
+        rows = c * n
+        o = expand_members(obs[:, b0:b1], K)  # (M, c, O)
+        a = expand_members(actions[:, b0:b1].reshape(S, rows, A), K)  # (M, rows, A)
+        # forward; layer 0 splits into its state part (once per state) and action part
+        z0 = torch.baddbmm(layers[0].bias, o, w0_obs.transpose(1, 2))  # (M, c, H)
+        h = torch.bmm(a, w0_act.transpose(1, 2)).view(M, c, n, -1).add_(z0.unsqueeze(2))
+        hs = [h.view(M, rows, -1).relu_()]
+        for layer in layers[1:-1]:
+            hs.append(torch.baddbmm(layer.bias, hs[-1], layer.weight.transpose(1, 2)).relu_())
+        last = layers[-1]
+        q = torch.baddbmm(last.bias, last.weight, hs[-1].transpose(1, 2))  # (M, 1, rows)
+        # dL/dQ, per state
+        qv = q.view(S, K, c, n)
+        q_data = qv[..., 0]
+        td = q_data - y[:, b0:b1].unsqueeze(1)  # (S, K, c)
+        td_sum += td.square().sum(dim=2)
+        q_data_sum += q_data[:, 0].sum(dim=1)
+        q_rand_sum += qv[:, 0, :, 1:1 + n_random].sum(dim=(1, 2))
+        x = qv[..., 1:] - log_density[:, b0:b1].unsqueeze(1) if importance_sample else qv
+        if temperature != 1.0:
+            x = x / temperature
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+        p = (x - lse).exp_()  # softmax over the logsumexp's arguments
+        diff = lse.squeeze(-1) * temperature - q_data  # (S, K, c)
+        if clipped:
+            diff_sum += diff.clamp(clip_min, clip_max).sum(dim=2)
+            k = coef * ((diff >= clip_min) & (diff <= clip_max))  # torch.clamp's gradient mask
+        else:
+            diff_sum += diff.sum(dim=2)
+            k = coef.expand(S, K, c)
+        dq = torch.empty_like(qv)
+        if importance_sample:
+            dq[..., 1:] = p * k.unsqueeze(-1)
+            dq[..., 0] = td * (2.0 / B) - k
+        else:
+            torch.mul(p, k.unsqueeze(-1), out=dq)
+            dq[..., 0] += td * (2.0 / B) - k
+        # backward through the chunk
+        g = dq.view(M, 1, rows)
+        grads_w[-1].baddbmm_(g, hs[-1])
+        grads_b[-1] += g.sum(dim=2, keepdim=True)
+        dh = g.transpose(1, 2) * last.weight  # (M, rows, H)
+        for i in range(len(layers) - 2, 0, -1):
+            dz = torch.ops.aten.threshold_backward(dh, hs[i], 0.0)
+            grads_w[i].baddbmm_(dz.transpose(1, 2), hs[i - 1])
+            grads_b[i] += dz.sum(dim=1, keepdim=True)
+            dh = torch.bmm(dz, layers[i].weight)
+        dz = torch.ops.aten.threshold_backward(dh, hs[0], 0.0)  # (M, rows, H)
+        grads_w[0][:, :, O:] += torch.bmm(a.transpose(1, 2), dz).transpose(1, 2)
+        dz_state = dz.view(M, c, n, -1).sum(dim=2)  # (M, c, H)
+        grads_w[0][:, :, :O] += torch.bmm(o.transpose(1, 2), dz_state).transpose(1, 2)
+        grads_b[0] += dz_state.sum(dim=1, keepdim=True)
+    for layer, gw, gb in zip(layers, grads_w, grads_b):
+        layer.weight.grad = gw
+        layer.bias.grad = gb
+    return td_sum / B, diff_sum / B, q_data_sum / B, q_rand_sum / (B * n_random)

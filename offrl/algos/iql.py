@@ -45,7 +45,7 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
 from offrl.algos.base import Agent, Batch, member_generators
-from offrl.algos.networks import EnsembleMLP, expand_members
+from offrl.algos.networks import EnsembleMLP, expand_members, padded_size
 from offrl.algos.optim import make_adam, soft_update_
 from offrl.algos.td3_bc import _check_state, _dims, _set_generator_states
 
@@ -129,7 +129,9 @@ class IQL(Agent):
         self.vf = EnsembleMLP(observation_dim, 1, c.value_hidden_dims, S)
         self.actor = EnsembleMLP(observation_dim, action_dim, c.actor_hidden_dims, S,
                                  output_activation="tanh")
-        self.log_std = torch.nn.Parameter(torch.zeros(S, 1, action_dim))  # CORL: zeros
+        # State-independent log std per member, CORL: zeros. Stored padded to 16 columns for
+        # the same reason as EnsembleLinear.bias_padded; `_log_std()` is the (S, 1, A) view.
+        self.log_std_padded = torch.nn.Parameter(torch.zeros(S, 1, padded_size(action_dim)))
         for s, g in enumerate(member_generators(self.seeds, "init")):
             for k in range(K):
                 self.qf.init_member_(s * K + k, g)
@@ -137,12 +139,12 @@ class IQL(Agent):
             self.actor.init_member_(s, g)
         for module in (self.qf, self.vf, self.actor):
             module.to(self.device)
-        self.log_std.data = self.log_std.data.to(self.device)
+        self.log_std_padded.data = self.log_std_padded.data.to(self.device)
         self.q_target = copy.deepcopy(self.qf).requires_grad_(False)
 
         self._actor_params = list(self.actor.parameters())
         if not c.deterministic_actor:
-            self._actor_params.append(self.log_std)
+            self._actor_params.append(self.log_std_padded)
         self._q_params, self._v_params = list(self.qf.parameters()), list(self.vf.parameters())
         self.q_optimizer = make_adam(self._q_params, c.qf_lr)
         self.v_optimizer = make_adam(self._v_params, c.vf_lr)
@@ -164,6 +166,10 @@ class IQL(Agent):
         S, B = obs.shape[0], obs.shape[1]
         sa = expand_members(torch.cat([obs, act], dim=-1), self.num_critics)
         return qf(sa).view(S, self.num_critics, B)
+
+    def _log_std(self) -> torch.Tensor:
+        """(S, 1, A), clamped to [LOG_STD_MIN, LOG_STD_MAX] as CORL does before exp."""
+        return self.log_std_padded[..., : self.action_dim].clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def _v(self, obs: torch.Tensor) -> torch.Tensor:
         return self.vf(obs).squeeze(-1)  # (S, B)
@@ -194,7 +200,7 @@ class IQL(Agent):
         if c.deterministic_actor:
             bc = (mean - act).square().sum(dim=2)
         else:
-            log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)  # (S, 1, A)
+            log_std = self._log_std()  # (S, 1, A)
             z = (act - mean) * torch.exp(-log_std)
             # -log N(a; mean, std) summed over action dims
             bc = (0.5 * z.square() + log_std + _HALF_LOG_2PI).sum(dim=2)
@@ -234,7 +240,7 @@ class IQL(Agent):
             noise = torch.empty_like(a)
             for s, g in enumerate(self._act_generators):
                 noise[s].normal_(generator=g)
-            a = a + noise * torch.exp(self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX))
+            a = a + noise * torch.exp(self._log_std())
         return a.clamp(-self.max_action, self.max_action)
 
     # ------------------------------------------------------------------ checkpoints
@@ -249,7 +255,7 @@ class IQL(Agent):
             "q_target": self.q_target.state_dict(),
             "vf": self.vf.state_dict(),
             "actor": self.actor.state_dict(),
-            "log_std": self.log_std.detach(),
+            "log_std_padded": self.log_std_padded.detach(),
             "q_optimizer": self.q_optimizer.state_dict(),
             "v_optimizer": self.v_optimizer.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
@@ -265,7 +271,7 @@ class IQL(Agent):
         self.vf.load_state_dict(state["vf"])
         self.actor.load_state_dict(state["actor"])
         with torch.no_grad():
-            self.log_std.copy_(state["log_std"])
+            self.log_std_padded.copy_(state["log_std_padded"])
         self.q_optimizer.load_state_dict(state["q_optimizer"])
         self.v_optimizer.load_state_dict(state["v_optimizer"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])

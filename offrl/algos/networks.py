@@ -28,6 +28,7 @@ __all__ = [
     "EnsembleLinear",
     "EnsembleMLP",
     "ensemble_linear",
+    "padded_size",
     "LayerInit",
     "TORCH_DEFAULT",
     "expand_members",
@@ -101,6 +102,14 @@ def ensemble_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -
     return _EnsembleLinearFn.apply(x, weight, bias)
 
 
+def padded_size(n: int) -> int:
+    """n rounded up to a multiple of 16 (the widest float SIMD vector, AVX-512)."""
+    return -(-n // _PAD) * _PAD
+
+
+_PAD = 16
+
+
 class EnsembleLinear(nn.Module):
     """M independent affine maps: y[m] = x[m] @ weight[m]^T + bias[m].
 
@@ -108,6 +117,13 @@ class EnsembleLinear(nn.Module):
     (M, 1, out); forward takes x (M, B, in) -> (M, B, out). `members` selects a subset of
     members (a slice, e.g. `slice(0, None, 2)` for the first twin of every seed); x then has
     that many members.
+
+    The bias parameter is stored as `bias_padded` (M, 1, out rounded up to 16) and `bias` is a
+    view of its first `out` columns. The padding never receives a gradient and stays zero. It
+    is there so that every member's slice of every parameter is a whole number of SIMD vectors:
+    element-wise kernels (fused Adam, lerp) round their scalar tail differently from their
+    vector body, and without the padding a 1-seed run and member s of an S-seed run could
+    differ in the last bit (they are bit-identical with it, on 1 CPU thread).
     """
 
     def __init__(self, in_features: int, out_features: int, members: int,
@@ -116,12 +132,19 @@ class EnsembleLinear(nn.Module):
         self.in_features, self.out_features, self.members = in_features, out_features, members
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(members, out_features, in_features, **kw))
-        self.bias = nn.Parameter(torch.empty(members, 1, out_features, **kw))
+        self.bias_padded = nn.Parameter(torch.zeros(members, 1, padded_size(out_features), **kw))
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """(M, 1, out): a view of `bias_padded`."""
+        b = self.bias_padded
+        return b if b.shape[-1] == self.out_features else b[..., : self.out_features]
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        bias = self.bias
         if members is None:
-            return _EnsembleLinearFn.apply(x, self.weight, self.bias)
-        return _EnsembleLinearFn.apply(x, self.weight[members], self.bias[members])
+            return _EnsembleLinearFn.apply(x, self.weight, bias)
+        return _EnsembleLinearFn.apply(x, self.weight[members], bias[members])
 
     @torch.no_grad()
     def init_member_(self, m: int, generator: torch.Generator, init: LayerInit = TORCH_DEFAULT) -> None:
@@ -142,7 +165,7 @@ class EnsembleLinear(nn.Module):
         else:  # zeros
             w.zero_()
         self.weight[m].copy_(w)
-        self.bias[m, 0].copy_(b)
+        self.bias_padded[m, 0, : self.out_features].copy_(b)
 
     def extra_repr(self) -> str:
         return f"members={self.members}, in={self.in_features}, out={self.out_features}"

@@ -208,7 +208,7 @@ def plot_curves(
     nrows = math.ceil(len(panels) / ncols)
     names = list(dict.fromkeys(n for _, curves in panels for n in curves))
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(4.3 * ncols, 3.1 * nrows + 0.6), layout="constrained")
+        fig = Figure(figsize=(max(5.5, 4.3 * ncols), 3.1 * nrows + 0.6), layout="constrained")
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, (title, curves) in zip(axes, panels):
             for name, (steps, mean, low, high) in curves.items():
@@ -231,5 +231,5 @@ def plot_curves(
         fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 6),
                    frameon=False)
         if suptitle:
-            fig.suptitle(suptitle)
+            fig.suptitle(suptitle, fontsize=STYLE["axes.titlesize"] + 1)
     return fig
