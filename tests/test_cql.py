@@ -239,12 +239,18 @@ def test_gradients_match_a_transcription_of_corl(options, critic_backward):
     want, qf_loss, policy_loss = corl_gradients(agent, batch, noise, rand, cfg, bc)
     assert metrics["critic_loss"].item() == pytest.approx(qf_loss.item(), rel=1e-12)
     assert metrics["actor_loss"].item() == pytest.approx(policy_loss.item(), rel=1e-12, abs=1e-12)
-    got_actor = [p.grad[0] for p in agent.actor.parameters()]
+    def layer_grads(mlp, m):
+        for layer in mlp.layers:  # the bias is stored padded; its padding gets no gradient
+            yield layer.weight.grad[m]
+            yield layer.bias_padded.grad[m, 0, :layer.out_features]
+            assert not layer.bias_padded.grad[m, 0, layer.out_features:].any()
+
+    got_actor = list(layer_grads(agent.actor, 0))
     got_actor += [agent.log_std_multiplier.grad[0], agent.log_std_offset.grad[0]]
-    for got, ref in zip(got_actor, want["actor"]):
+    for got, ref in zip(got_actor, want["actor"], strict=True):
         torch.testing.assert_close(got.reshape(ref.shape), ref, rtol=1e-9, atol=1e-12)
-    got_critic = [p.grad[k] for k in (0, 1) for p in agent.critic.parameters()]
-    for got, ref in zip(got_critic, want["critic"]):
+    got_critic = [g for k in (0, 1) for g in layer_grads(agent.critic, k)]
+    for got, ref in zip(got_critic, want["critic"], strict=True):
         torch.testing.assert_close(got.reshape(ref.shape), ref, rtol=1e-9, atol=1e-12)
     for name in ("log_alpha", "log_alpha_prime"):
         if name in want:

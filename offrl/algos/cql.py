@@ -327,7 +327,7 @@ class CQL(Agent):
         if bc:
             policy_term = self._log_prob(mean_s, log_std_s, act)
         else:
-            detached = [p.detach() for p in self._critic_params]
+            detached = [t.detach() for layer in self.critic.layers for t in (layer.weight, layer.bias)]
             policy_term = self._q(self.critic, obs, pi, detached).amin(dim=1)  # (S, B)
         actor_loss = (alpha.unsqueeze(1) * log_pi - policy_term).mean(dim=1)
 
@@ -501,7 +501,8 @@ class CQL(Agent):
 
 
 def _mlp(x: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
-    """An EnsembleMLP (relu, no layer norm) evaluated with explicit [w0, b0, w1, b1, ...]."""
+    """An EnsembleMLP (relu, no layer norm) evaluated with explicit [w0, b0, w1, b1, ...]
+    (weights (M, out, in), biases (M, 1, out))."""
     last = len(params) // 2 - 1
     for i in range(last + 1):
         x = ensemble_linear(x, params[2 * i], params[2 * i + 1])
@@ -542,7 +543,8 @@ def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions
     w0 = layers[0].weight
     w0_obs, w0_act = w0[:, :, :O], w0[:, :, O:]
     grads_w = [torch.zeros_like(layer.weight) for layer in layers]
-    grads_b = [torch.zeros_like(layer.bias) for layer in layers]
+    grads_b_padded = [torch.zeros_like(layer.bias_padded) for layer in layers]
+    grads_b = [g[..., :layer.out_features] for g, layer in zip(grads_b_padded, layers)]
     td_sum = obs.new_zeros(S, K)
     diff_sum = obs.new_zeros(S, K)
     q_data_sum = obs.new_zeros(S)
@@ -606,7 +608,7 @@ def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions
         dz_state = dz.view(M, c, n, -1).sum(dim=2)  # (M, c, H)
         grads_w[0][:, :, :O] += torch.bmm(o.transpose(1, 2), dz_state).transpose(1, 2)
         grads_b[0] += dz_state.sum(dim=1, keepdim=True)
-    for layer, gw, gb in zip(layers, grads_w, grads_b):
+    for layer, gw, gb in zip(layers, grads_w, grads_b_padded):
         layer.weight.grad = gw
-        layer.bias.grad = gb
+        layer.bias_padded.grad = gb  # the padding columns stay zero
     return td_sum / B, diff_sum / B, q_data_sum / B, q_rand_sum / (B * n_random)
