@@ -1,5 +1,6 @@
 """Ensemble layers: same numbers as one nn.Linear per member, correct gradients, per-member init."""
 
+import copy
 import math
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from torch import nn
 
 from offrl.algos.base import derive_seed, member_generators
-from offrl.algos.networks import (EnsembleLinear, EnsembleMLP, LayerInit, ensemble_linear,
-                                  expand_members, padded_size)
+from offrl.algos.networks import (EnsembleLinear, EnsembleMLP, LayerInit, _ReluMLPFn,
+                                  ensemble_linear, expand_members, padded_size)
 
 
 def _init_all(net, seed=0):
@@ -53,6 +54,36 @@ def test_forward_and_gradients_match_per_member_linear(in_dim, hidden, out_dim):
     assert torch.autograd.gradcheck(f, (x,) + tuple(p.detach().requires_grad_() for p in params))
     bias_only = lambda b: ensemble_linear(x.detach(), params[0].detach(), b)  # noqa: E731
     assert torch.autograd.gradcheck(bias_only, (biases[0].requires_grad_(),))
+
+
+@pytest.mark.parametrize("dims", [(14, (40, 36), 1), (11, (40,), 3), (40, (8, 33), 2)])
+def test_fused_relu_mlp_gradients(dims):
+    """The whole-MLP autograd node: gradcheck, and the same numbers as the layer-by-layer path
+    (including only some gradients asked for, and member slices)."""
+    in_dim, hidden, out_dim = dims
+    net = _init_all(EnsembleMLP(in_dim, out_dim, hidden, members=4)).double()
+    assert net.fused
+    x = torch.randn(4, 5, in_dim, dtype=torch.double, requires_grad=True)
+    params = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    assert torch.autograd.gradcheck(lambda x, *ps: _ReluMLPFn.apply(x, *ps), (x, *params))
+
+    layered = copy.deepcopy(net)
+    layered.fused = False
+    for members in (None, slice(1, None, 2)):
+        xs = x if members is None else x[members]
+        for want in ("all", "input_only", "params_only"):
+            outs = []
+            for model in (net, layered):
+                model.zero_grad()
+                xi = xs.detach().clone().requires_grad_(want != "params_only")
+                y = model(xi, members=members)
+                inputs = [xi] if want == "input_only" else None
+                (y.square().sum()).backward(inputs=inputs)
+                outs.append([xi.grad] + [p.grad for p in model.parameters()])
+            for a, b in zip(*outs):
+                assert (a is None) == (b is None)
+                if a is not None:
+                    torch.testing.assert_close(a, b)
 
 
 def test_float32_gradients_match_autograd_baddbmm():

@@ -57,48 +57,114 @@ TORCH_DEFAULT = LayerInit("torch")
 
 _NARROW = 32  # a layer side below this many features takes the skinny-matrix formulas
 
+# The three products of an affine layer y = x @ w^T + b (w stored (M, out, in) like nn.Linear),
+# each written in the orientation MKL's batched gemm runs fast for its shape. With a narrow side
+# (an output of 1-3 units, an input of 11-17 features) torch's default orientation for
+# `baddbmm` and its backward was 2-4x slower on the build machine: the 256 -> 1 layer took
+# 180 us forward where the transposed product takes 20 us (M = 2, batch 256, 1 thread), and the
+# same held for the weight gradients of the first and last layers.
+
+
+def _affine(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x (M, B, in), w (M, out, in), b (M, 1, out) -> (M, B, out)."""
+    if w.shape[1] == 1:  # one output: (w @ x^T)^T, a row vector per member
+        return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2) + b
+    return torch.baddbmm(b, x, w.transpose(1, 2))
+
+
+def _grad_input(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """dL/dx = g @ w: (M, B, out), (M, out, in) -> (M, B, in)."""
+    if w.shape[1] == 1:
+        return g * w
+    if w.shape[2] < _NARROW:
+        return torch.bmm(w.transpose(1, 2), g.transpose(1, 2)).transpose(1, 2)
+    return torch.bmm(g, w)
+
+
+def _grad_weight(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """dL/dw = g^T @ x: (M, B, out), (M, B, in) -> (M, out, in), contiguous."""
+    if x.shape[2] < _NARROW:
+        return torch.bmm(x.transpose(1, 2), g).transpose(1, 2).contiguous()
+    return torch.bmm(g.transpose(1, 2), x)
+
+
+def _grad_bias(g: torch.Tensor, padded: int) -> torch.Tensor:
+    """dL/db for a bias stored with `padded` columns (the padding gets zeros)."""
+    gb = g.sum(dim=1, keepdim=True)
+    if padded == gb.shape[2]:
+        return gb
+    out = gb.new_zeros(gb.shape[0], 1, padded)
+    out[..., : gb.shape[2]] = gb
+    return out
+
 
 class _EnsembleLinearFn(torch.autograd.Function):
-    """y = x @ w^T + b for every member, with w stored (M, out, in) like nn.Linear.
-
-    The products are the same as autograd's for `torch.baddbmm`, but each is written in the
-    orientation that MKL's batched gemm runs fast for its shape. With a narrow side (an output
-    of 1-3 units, an input of 11-17 features) torch's default orientation was 2-4x slower on the
-    build machine: the 256 -> 1 layer took 180 us forward where the transposed product takes
-    20 us (M = 2, batch 256, 1 thread), and the same held for its weight gradient.
-    """
+    """One ensemble affine layer; `b` may carry padding columns beyond w's outputs."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        if w.shape[1] == 1:  # one output: (w @ x^T)^T, a row vector per member
-            return torch.bmm(w, x.transpose(1, 2)).transpose(1, 2) + b
-        return torch.baddbmm(b, x, w.transpose(1, 2))
+        ctx.padded = b.shape[2]
+        return _affine(x, w, b[..., : w.shape[1]])
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, w = ctx.saved_tensors
-        out_features, in_features = w.shape[1], w.shape[2]
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:  # dL/dx = g @ w
-            if out_features == 1:
-                gx = g * w
-            elif in_features < _NARROW:
-                gx = torch.bmm(w.transpose(1, 2), g.transpose(1, 2)).transpose(1, 2)
-            else:
-                gx = torch.bmm(g, w)
-        if ctx.needs_input_grad[1]:  # dL/dw = g^T @ x
-            if in_features < _NARROW:
-                gw = torch.bmm(x.transpose(1, 2), g).transpose(1, 2).contiguous()
-            else:
-                gw = torch.bmm(g.transpose(1, 2), x)
-        if ctx.needs_input_grad[2]:
-            gb = g.sum(dim=1, keepdim=True)
+        gx = _grad_input(g, w) if ctx.needs_input_grad[0] else None
+        gw = _grad_weight(g, x) if ctx.needs_input_grad[1] else None
+        gb = _grad_bias(g, ctx.padded) if ctx.needs_input_grad[2] else None
         return gx, gw, gb
 
 
+class _ReluMLPFn(torch.autograd.Function):
+    """A whole ReLU MLP ensemble as one autograd node: apply(x, w0, b0, w1, b1, ...).
+
+    One node instead of ~3 per layer cuts the per-call overhead (autograd bookkeeping, Python,
+    dispatch) that dominates small updates, computes only the gradients asked for, and runs
+    the ReLU backward in place on its own gradient buffers. Saves the input and every hidden
+    activation (after ReLU, which is also the ReLU's mask).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        n = len(params) // 2
+        h, hidden = x, []
+        for i in range(n):
+            w, b = params[2 * i], params[2 * i + 1]
+            h = _affine(h, w, b[..., : w.shape[1]])
+            if i < n - 1:
+                h = torch.relu_(h)
+                hidden.append(h)
+        ctx.save_for_backward(x, *hidden, *params[0::2])
+        ctx.padded = [b.shape[2] for b in params[1::2]]
+        return h
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        saved = ctx.saved_tensors
+        n = len(ctx.padded)
+        inputs, weights = saved[:n], saved[n:]  # inputs[i] feeds layer i
+        needs = ctx.needs_input_grad
+        grads: list[torch.Tensor | None] = [None] * (1 + 2 * n)
+        for i in range(n - 1, -1, -1):
+            x_i, w = inputs[i], weights[i]
+            if needs[1 + 2 * i]:
+                grads[1 + 2 * i] = _grad_weight(g, x_i)
+            if needs[2 + 2 * i]:
+                grads[2 + 2 * i] = _grad_bias(g, ctx.padded[i])
+            if i > 0:
+                g = _grad_input(g, w)  # a fresh buffer, so the ReLU backward may overwrite it
+                # ReLU backward: x_i is the ReLU's output, positive exactly where it passed
+                g = torch.ops.aten.threshold_backward.grad_input(g, x_i, 0, grad_input=g)
+            elif needs[0]:
+                grads[0] = _grad_input(g, w)
+        return tuple(grads)
+
+
 def ensemble_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """x (M, B, in), weight (M, out, in), bias (M, 1, out) -> (M, B, out)."""
+    """x (M, B, in), weight (M, out, in), bias (M, 1, out or more) -> (M, B, out).
+
+    Columns of `bias` beyond `out` (padding) are ignored and get a zero gradient."""
     return _EnsembleLinearFn.apply(x, weight, bias)
 
 
@@ -141,10 +207,9 @@ class EnsembleLinear(nn.Module):
         return b if b.shape[-1] == self.out_features else b[..., : self.out_features]
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
-        bias = self.bias
         if members is None:
-            return _EnsembleLinearFn.apply(x, self.weight, bias)
-        return _EnsembleLinearFn.apply(x, self.weight[members], bias[members])
+            return _EnsembleLinearFn.apply(x, self.weight, self.bias_padded)
+        return _EnsembleLinearFn.apply(x, self.weight[members], self.bias_padded[members])
 
     @torch.no_grad()
     def init_member_(self, m: int, generator: torch.Generator, init: LayerInit = TORCH_DEFAULT) -> None:
@@ -208,8 +273,18 @@ class EnsembleMLP(nn.Module):
         self._act = _ACTIVATIONS[activation]
         self._relu = activation == "relu"
         self._out_act = None if output_activation is None else _ACTIVATIONS[output_activation]
+        # Plain ReLU MLPs (every network of TD3+BC, IQL and CQL) run as one autograd node.
+        self.fused = self._relu and not layer_norm
 
     def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+        if self.fused:
+            params = []
+            for layer in self.layers:
+                params += [layer.weight, layer.bias_padded]
+            if members is not None:
+                params = [p[members] for p in params]
+            x = _ReluMLPFn.apply(x, *params)
+            return x if self._out_act is None else self._out_act(x)
         layers = self.layers
         last = len(layers) - 1
         for i, layer in enumerate(layers):
