@@ -8,9 +8,12 @@ warms up, then times several blocks of updates including sampling and reports th
     .venv/bin/python benchmarks/bench_updates.py                       # td3_bc, iql; 1 and 5 seeds; 1 and 2 threads
     .venv/bin/python benchmarks/bench_updates.py --algos iql --seeds 5 --threads 2 --compile both
     .venv/bin/python benchmarks/bench_updates.py --quick               # fewer, shorter blocks
+    .venv/bin/python benchmarks/bench_updates.py --threads 1 --procs 2   # 2 processes x 1 thread side by side
 
 Per-seed updates/s = process updates/s x seeds: one process training 5 seeds at 60 updates/s
-advances each seed 60 steps per second, 300 seed-steps per second in all. `matmul GF/s` is
+advances each seed 60 steps per second, 300 seed-steps per second in all. With --procs N, N
+identical processes run at the same time (how a sweep fills the cores: one 1-thread process per
+core) and the table shows their summed rates. `matmul GF/s` is
 what a 256x256 @ 256x256 fp32 matmul reaches in the same process at the same moment, and
 `% peak` compares the agent's useful matmul FLOPs to it, so numbers from a busy machine can
 be read against each other. Results go to benchmarks/results/updates.json.
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--rows", type=int, default=1_000_000, help="dataset rows")
+    p.add_argument("--procs", default="1", help="processes run side by side, comma-separated")
     p.add_argument("--quick", action="store_true", help="3 blocks of 30 steps")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -145,29 +149,44 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks, args.block_steps, args.warmup = 3, 30, 20
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    configs = [(a, int(s), int(t), c) for a in algos for s in args.seeds.split(",")
-               for t in args.threads.split(",") for c in compiles]
+    configs = [(a, int(s), int(t), c, int(n)) for a in algos for s in args.seeds.split(",")
+               for t in args.threads.split(",") for c in compiles for n in args.procs.split(",")]
     load_before = os.getloadavg()
     results = []
-    header = (f"{'algorithm':<9} {'seeds':>5} {'thr':>3} {'compile':>7} {'upd/s':>8} "
+    header = (f"{'algorithm':<9} {'seeds':>5} {'thr':>3} {'procs':>5} {'compile':>7} {'upd/s':>8} "
               f"{'per seed':>9} {'upd/cpu-s':>9} {'matmul GF/s':>11} {'% peak':>6} {'RSS MB':>7}")
     print(header)
     print("-" * len(header))
-    for algo, seeds, threads, comp in configs:
+    for algo, seeds, threads, comp, procs in configs:
         spec = {"algo": algo, "seeds": seeds, "threads": threads, "compile_": comp,
                 "blocks": args.blocks, "block_steps": args.block_steps,
                 "warmup": args.warmup if not comp else max(args.warmup, 30), "rows": args.rows}
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                              capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            print(f"{algo:<9} {seeds:>5} {threads:>3} {str(comp):>7}  FAILED: "
-                  f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        children = [subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env) for _ in range(procs)]
+        outs = [(c, *c.communicate()) for c in children]
+        failed = [(c, err) for c, _, err in outs if c.returncode != 0]
+        if failed:
+            c, err = failed[0]
+            print(f"{algo:<9} {seeds:>5} {threads:>3} {procs:>5} {str(comp):>7}  FAILED: "
+                  f"{err.strip().splitlines()[-1] if err.strip() else c.returncode}")
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        each = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outs]
+        r = dict(each[0])
+        r["procs"] = procs
+        if procs > 1:  # rates add up across processes; memory is per process
+            for key in ("updates_per_s", "updates_per_s_median", "per_seed_updates_per_s",
+                        "updates_per_cpu_s"):
+                r[key] = sum(e[key] for e in each)
+            r["matmul_gflops"] = sum(e["matmul_gflops"] for e in each)
+            flops = FLOPS_PER_UPDATE.get(algo)
+            r["pct_of_matmul_peak"] = (100 * r["per_seed_updates_per_s"] * flops
+                                       / (r["matmul_gflops"] * 1e9)) if flops else None
+            r["per_process"] = each
         results.append(r)
         pct = f"{r['pct_of_matmul_peak']:.0f}" if r["pct_of_matmul_peak"] is not None else "-"
-        print(f"{algo:<9} {seeds:>5} {threads:>3} {str(comp):>7} {r['updates_per_s']:>8.1f} "
+        print(f"{algo:<9} {seeds:>5} {threads:>3} {procs:>5} {str(comp):>7} {r['updates_per_s']:>8.1f} "
               f"{r['per_seed_updates_per_s']:>9.1f} {r['updates_per_cpu_s']:>9.1f} "
               f"{r['matmul_gflops']:>11.0f} {pct:>6} {r['peak_rss_mb']:>7.0f}", flush=True)
 

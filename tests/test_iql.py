@@ -232,3 +232,16 @@ def test_learns_pendulum_beyond_behaviour_cloning():
     returns = evaluate_agent(agent, mean, std)
     assert all(torch.isfinite(v).all() for v in metrics.values())
     assert (returns > LEARN_THRESHOLD).all(), returns
+
+
+@pytest.mark.slow
+def test_compiled_agent_matches_eager():
+    kw = dict(actor_hidden_dims=(32, 32), critic_hidden_dims=(32, 32), value_hidden_dims=(32, 32))
+    tr = random_transitions(500)
+    eager = IQL(IQLConfig(**kw), 11, 3, [0, 1])
+    compiled = IQL(IQLConfig(**kw), 11, 3, [0, 1], compile=True)
+    for agent in (eager, compiled):
+        train(agent, TransitionSampler(tr, [0, 1], 32), 4)
+    for net in NETS:
+        for p, q in zip(getattr(eager, net).parameters(), getattr(compiled, net).parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)

@@ -244,11 +244,10 @@ class CQL(Agent):
         # Speed options (the math is the same): the critics' loss and gradients by hand, a chunk
         # of states at a time ("fused", default) or through autograd; chunk_rows bounds
         # members × rows per chunk (default 4096 on the CPU, where a chunk's activations then stay
-        # in cache; one chunk elsewhere); compile wraps the autograd losses in torch.compile.
+        # in cache; one chunk elsewhere); compile wraps in torch.compile the fused chunk (or,
+        # with autograd, the losses).
         if critic_backward not in ("fused", "autograd"):
             raise ValueError(f"critic_backward must be 'fused' or 'autograd'; got {critic_backward!r}")
-        if compile and critic_backward == "fused":
-            raise ValueError("compile=True needs critic_backward='autograd'")
         self.critic_backward = critic_backward
         if chunk_rows is None:
             chunk_rows = 4096 if self.device.type == "cpu" else 1 << 62
@@ -256,8 +255,11 @@ class CQL(Agent):
             raise ValueError(f"chunk_rows must be positive; got {chunk_rows!r}")
         self.chunk_rows = int(chunk_rows)
         self._losses = self._losses_eager
+        self._chunk_fn = _critic_chunk
         self.compiled = bool(compile)
-        if compile:
+        if compile and critic_backward == "fused":
+            self._chunk_fn = torch.compile(_critic_chunk, dynamic=False, fullgraph=True)
+        elif compile:
             self._losses = torch.compile(self._losses_eager, dynamic=False)
 
     # ------------------------------------------------------------------ networks
@@ -377,7 +379,7 @@ class CQL(Agent):
                 self.critic, obs, actions, y, log_density, cql_weight,
                 importance_sample=c.cql_importance_sample, temperature=c.cql_temp,
                 clip_min=c.cql_clip_diff_min, clip_max=c.cql_clip_diff_max,
-                rows_per_chunk=self.chunk_rows)
+                rows_per_chunk=self.chunk_rows, chunk_fn=self._chunk_fn)
         else:
             n_all = 1 + 3 * N
             obs_rep = obs.unsqueeze(2).expand(S, B, n_all, obs.shape[-1])
@@ -532,7 +534,7 @@ def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions
                                  y: torch.Tensor, log_density: torch.Tensor,
                                  cql_weight: torch.Tensor, *, importance_sample: bool,
                                  temperature: float, clip_min: float, clip_max: float,
-                                 rows_per_chunk: int):
+                                 rows_per_chunk: int, chunk_fn=None):
     """The critics' loss L_Q = Σ_k (L_TD,k + w Δ_k) and its gradient, by hand, a chunk of states
     at a time, so that every activation of a chunk stays in cache between its forward and
     backward pass (autograd would run the forward over all B (1 + 3N) rows, then the backward,
@@ -543,7 +545,48 @@ def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions
     y (S, B) TD targets; log_density (S, B, n - 1) the proposals' log densities (aligned with
     actions[..., 1:]); cql_weight (S,) w (cql_alpha, or α' cql_alpha). Sets .grad of every
     critic parameter and returns L_TD (S, K), Δ (S, K) (clipped, before the weight) and the
-    mean Q of critic 0 at the data and at the random actions (S,).
+    mean Q of critic 0 at the data and at the random actions (S,). chunk_fn: `_critic_chunk`
+    or a compiled copy of it.
+    """
+    S, B, n, A = actions.shape
+    layers = list(critic.layers)
+    M = layers[0].weight.shape[0]
+    K = M // S
+    weights = [layer.weight for layer in layers]
+    biases = [layer.bias for layer in layers]
+    grads_w = [torch.zeros_like(w) for w in weights]
+    grads_b_padded = [torch.zeros_like(layer.bias_padded) for layer in layers]
+    grads_b = [g[..., :layer.out_features] for g, layer in zip(grads_b_padded, layers)]
+    stats = [obs.new_zeros(S, K), obs.new_zeros(S, K), obs.new_zeros(S), obs.new_zeros(S)]
+    coef = (cql_weight / B).view(S, 1, 1)
+    chunk_fn = _critic_chunk if chunk_fn is None else chunk_fn
+    chunk = max(1, rows_per_chunk // (M * n))  # states per chunk
+    for b0 in range(0, B, chunk):
+        b1 = min(B, b0 + chunk)
+        gw, gb, chunk_stats = chunk_fn(
+            weights, biases, obs[:, b0:b1], actions[:, b0:b1], y[:, b0:b1], log_density[:, b0:b1],
+            coef, batch_size=B, importance_sample=importance_sample, temperature=temperature,
+            clip_min=clip_min, clip_max=clip_max)
+        torch._foreach_add_(grads_w, gw)
+        torch._foreach_add_(grads_b, gb)
+        torch._foreach_add_(stats, chunk_stats)
+    for layer, gw, gb in zip(layers, grads_w, grads_b_padded):
+        layer.weight.grad = gw
+        layer.bias_padded.grad = gb  # the padding columns stay zero
+    td_sum, diff_sum, q_data_sum, q_rand_sum = stats
+    return td_sum / B, diff_sum / B, q_data_sum / B, q_rand_sum / (B * ((n - 1) // 3))
+
+
+def _critic_chunk(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: torch.Tensor,
+                  actions: torch.Tensor, y: torch.Tensor, log_density: torch.Tensor,
+                  coef: torch.Tensor, *, batch_size: int, importance_sample: bool,
+                  temperature: float, clip_min: float, clip_max: float):
+    """Forward and backward of the critics over the states of one chunk.
+
+    weights[i] (M, out, in), biases[i] (M, 1, out); obs (S, c, O), actions (S, c, n, A),
+    y (S, c), log_density (S, c, n - 1), coef (S, 1, 1) = w / B. Returns the gradients of the
+    chunk's part of L_Q (lists like weights and biases) and [Σ (Q(s, a) - y)² (S, K),
+    Σ clip(Δ) (S, K), Σ Q1(s, a) (S,), Σ Q1(s, a^R) (S,)] over its states.
 
     Per state the loss needs only that state's n Q values, which is what makes chunks exact:
         ∂L/∂Q(s, a) = 2 (Q(s, a) - y) / B - w/B · 1[clip inactive]         (the data action)
@@ -551,80 +594,54 @@ def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions
     with X the logsumexp's arguments (without importance sampling the data action is one of
     them too and also gets its softmax share).
     """
-    S, B, n, A = actions.shape
-    layers = list(critic.layers)
-    M = layers[0].weight.shape[0]
-    K = M // S
-    O = obs.shape[-1]
-    w0 = layers[0].weight
-    w0_obs, w0_act = w0[:, :, :O], w0[:, :, O:]
-    grads_w = [torch.zeros_like(layer.weight) for layer in layers]
-    grads_b_padded = [torch.zeros_like(layer.bias_padded) for layer in layers]
-    grads_b = [g[..., :layer.out_features] for g, layer in zip(grads_b_padded, layers)]
-    td_sum = obs.new_zeros(S, K)
-    diff_sum = obs.new_zeros(S, K)
-    q_data_sum = obs.new_zeros(S)
-    q_rand_sum = obs.new_zeros(S)
-    n_random = (n - 1) // 3
-    clipped = clip_min > -math.inf or clip_max < math.inf
-    coef = (cql_weight / B).view(S, 1, 1)
-    chunk = max(1, rows_per_chunk // (M * n))  # states per chunk
-    for b0 in range(0, B, chunk):
-        b1 = min(B, b0 + chunk)
-        c = b1 - b0
-        rows = c * n
-        o = expand_members(obs[:, b0:b1], K)  # (M, c, O)
-        a = expand_members(actions[:, b0:b1].reshape(S, rows, A), K)  # (M, rows, A)
-        # forward; layer 0 splits into its state part (once per state) and action part
-        z0 = torch.baddbmm(layers[0].bias, o, w0_obs.transpose(1, 2))  # (M, c, H)
-        h = torch.bmm(a, w0_act.transpose(1, 2)).view(M, c, n, -1).add_(z0.unsqueeze(2))
-        hs = [h.view(M, rows, -1).relu_()]
-        for layer in layers[1:-1]:
-            hs.append(torch.baddbmm(layer.bias, hs[-1], layer.weight.transpose(1, 2)).relu_())
-        last = layers[-1]
-        q = torch.baddbmm(last.bias, last.weight, hs[-1].transpose(1, 2))  # (M, 1, rows)
-        # dL/dQ, per state
-        qv = q.view(S, K, c, n)
-        q_data = qv[..., 0]
-        td = q_data - y[:, b0:b1].unsqueeze(1)  # (S, K, c)
-        td_sum += td.square().sum(dim=2)
-        q_data_sum += q_data[:, 0].sum(dim=1)
-        q_rand_sum += qv[:, 0, :, 1:1 + n_random].sum(dim=(1, 2))
-        x = qv[..., 1:] - log_density[:, b0:b1].unsqueeze(1) if importance_sample else qv
-        if temperature != 1.0:
-            x = x / temperature
-        lse = torch.logsumexp(x, dim=-1, keepdim=True)
-        p = (x - lse).exp_()  # softmax over the logsumexp's arguments
-        diff = lse.squeeze(-1) * temperature - q_data  # (S, K, c)
-        if clipped:
-            diff_sum += diff.clamp(clip_min, clip_max).sum(dim=2)
-            k = coef * ((diff >= clip_min) & (diff <= clip_max))  # torch.clamp's gradient mask
-        else:
-            diff_sum += diff.sum(dim=2)
-            k = coef.expand(S, K, c)
-        dq = torch.empty_like(qv)
-        if importance_sample:
-            dq[..., 1:] = p * k.unsqueeze(-1)
-            dq[..., 0] = td * (2.0 / B) - k
-        else:
-            torch.mul(p, k.unsqueeze(-1), out=dq)
-            dq[..., 0] += td * (2.0 / B) - k
-        # backward through the chunk
-        g = dq.view(M, 1, rows)
-        grads_w[-1].baddbmm_(g, hs[-1])
-        grads_b[-1] += g.sum(dim=2, keepdim=True)
-        dh = g.transpose(1, 2) * last.weight  # (M, rows, H)
-        for i in range(len(layers) - 2, 0, -1):
-            dz = torch.ops.aten.threshold_backward(dh, hs[i], 0.0)
-            grads_w[i].baddbmm_(dz.transpose(1, 2), hs[i - 1])
-            grads_b[i] += dz.sum(dim=1, keepdim=True)
-            dh = torch.bmm(dz, layers[i].weight)
-        dz = torch.ops.aten.threshold_backward(dh, hs[0], 0.0)  # (M, rows, H)
-        grads_w[0][:, :, O:] += torch.bmm(a.transpose(1, 2), dz).transpose(1, 2)
-        dz_state = dz.view(M, c, n, -1).sum(dim=2)  # (M, c, H)
-        grads_w[0][:, :, :O] += torch.bmm(o.transpose(1, 2), dz_state).transpose(1, 2)
-        grads_b[0] += dz_state.sum(dim=1, keepdim=True)
-    for layer, gw, gb in zip(layers, grads_w, grads_b_padded):
-        layer.weight.grad = gw
-        layer.bias_padded.grad = gb  # the padding columns stay zero
-    return td_sum / B, diff_sum / B, q_data_sum / B, q_rand_sum / (B * n_random)
+    S, c, n, A = actions.shape
+    M, O, B = weights[0].shape[0], obs.shape[-1], batch_size
+    K, rows, L = M // S, c * n, len(weights) - 1
+    o = expand_members(obs, K)  # (M, c, O)
+    a = expand_members(actions.reshape(S, rows, A), K)  # (M, rows, A)
+    # forward; layer 0 splits into its state part (once per state) and its action part
+    z0 = torch.baddbmm(biases[0], o, weights[0][:, :, :O].transpose(1, 2))  # (M, c, H)
+    za = torch.bmm(a, weights[0][:, :, O:].transpose(1, 2))  # (M, rows, H)
+    hs = [za.view(M, c, n, -1).add_(z0.unsqueeze(2)).view(M, rows, -1).relu_()]
+    for i in range(1, L):
+        hs.append(torch.baddbmm(biases[i], hs[-1], weights[i].transpose(1, 2)).relu_())
+    q = torch.baddbmm(biases[L], weights[L], hs[-1].transpose(1, 2))  # (M, 1, rows)
+    # dL/dQ per state
+    qv = q.view(S, K, c, n)
+    q_data = qv[..., 0]
+    td = q_data - y.unsqueeze(1)  # (S, K, c)
+    x = qv[..., 1:] - log_density.unsqueeze(1) if importance_sample else qv
+    if temperature != 1.0:
+        x = x / temperature
+    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    p = torch.exp(x - lse)  # softmax over the logsumexp's arguments
+    diff = lse.squeeze(-1) * temperature - q_data  # (S, K, c)
+    if clip_min > -math.inf or clip_max < math.inf:
+        k = coef * ((diff >= clip_min) & (diff <= clip_max))  # torch.clamp's gradient mask
+        diff = diff.clamp(clip_min, clip_max)
+    else:
+        k = coef.expand(S, K, c)
+    dq_data = td * (2.0 / B) - k
+    if importance_sample:
+        dq = torch.cat([dq_data.unsqueeze(-1), p * k.unsqueeze(-1)], dim=-1)
+    else:
+        dq = p * k.unsqueeze(-1)
+        dq = torch.cat([dq[..., :1] + dq_data.unsqueeze(-1), dq[..., 1:]], dim=-1)
+    stats = [td.square().sum(dim=2), diff.sum(dim=2), q_data[:, 0].sum(dim=1),
+             qv[:, 0, :, 1:1 + (n - 1) // 3].sum(dim=(1, 2))]
+    # backward
+    g = dq.view(M, 1, rows)
+    gw, gb = [None] * (L + 1), [None] * (L + 1)
+    gw[L], gb[L] = torch.bmm(g, hs[-1]), g.sum(dim=2, keepdim=True)
+    dh = g.transpose(1, 2) * weights[L]  # (M, rows, H)
+    for i in range(L - 1, 0, -1):
+        dz = torch.ops.aten.threshold_backward(dh, hs[i], 0.0)  # relu's backward
+        gw[i] = torch.bmm(dz.transpose(1, 2), hs[i - 1])
+        gb[i] = dz.sum(dim=1, keepdim=True)
+        dh = torch.bmm(dz, weights[i])
+    dz = torch.ops.aten.threshold_backward(dh, hs[0], 0.0)  # (M, rows, H)
+    dz_state = dz.view(M, c, n, -1).sum(dim=2)  # (M, c, H)
+    gw[0] = torch.cat([torch.bmm(o.transpose(1, 2), dz_state).transpose(1, 2),
+                       torch.bmm(a.transpose(1, 2), dz).transpose(1, 2)], dim=2)
+    gb[0] = dz_state.sum(dim=1, keepdim=True)
+    return gw, gb, stats
