@@ -428,6 +428,23 @@ def test_members_are_independent():
     torch.testing.assert_close(many.act(obs)[1:2], single.act(obs[1:2]), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("options", [{}, {"automatic_entropy_tuning": False},
+                                     {"cql_lagrange": True}, {"bc_steps": 1}])
+def test_every_parameter_steps_once_per_update(options):
+    """Only parameters that get a gradient are in the optimiser (log α with tuning, log α' with
+    the Lagrangian), and each takes exactly one Adam step per update."""
+    agent = CQL(CQLConfig(**SMALL, **options), 4, 2, [0, 1])
+    for _ in range(2):
+        agent.update(random_batch(2, 8, 4, 2))
+    steps = [agent.optimizer.state[p]["step"].item() for group in agent.optimizer.param_groups
+             for p in group["params"]]
+    assert steps and all(s == 2 for s in steps), steps
+    n_params = sum(len(g["params"]) for g in agent.optimizer.param_groups)
+    expected = (len(list(agent.actor.parameters())) + 2 + len(list(agent.critic.parameters()))
+                + options.get("automatic_entropy_tuning", True) + options.get("cql_lagrange", False))
+    assert n_params == expected
+
+
 # ----------------------------------------------------------------------------- interface
 def test_act_shapes_range_and_validation():
     agent = CQL(CQLConfig(**SMALL), 4, 2, [0, 1], max_action=3.0)

@@ -230,13 +230,16 @@ class CQL(Agent):
         self._actor_params = [*self.actor.parameters(), self.log_std_multiplier, self.log_std_offset]
         self._critic_params = list(self.critic.parameters())
         self._critic_target_params = list(self.critic_target.parameters())
-        # One Adam over four parameter groups (actor, critics, log α, log α'); a parameter that
-        # gets no gradient (log α without tuning, log α' without the Lagrangian) is skipped.
-        self.optimizer = make_adam(
-            [{"params": self._actor_params, "lr": c.actor_lr},
-             {"params": self._critic_params, "lr": c.critic_lr},
-             {"params": [self.log_alpha], "lr": c.actor_lr},
-             {"params": [self.log_alpha_prime], "lr": c.critic_lr}], lr=c.critic_lr)
+        # One Adam over the actor, the critics, and log α (with automatic entropy tuning) and
+        # log α' (with the Lagrangian variant), each group with its own learning rate. Every
+        # parameter in it gets a gradient at every step.
+        groups = [{"params": self._actor_params, "lr": c.actor_lr},
+                  {"params": self._critic_params, "lr": c.critic_lr}]
+        if c.automatic_entropy_tuning:
+            groups.append({"params": [self.log_alpha], "lr": c.actor_lr})
+        if c.cql_lagrange:
+            groups.append({"params": [self.log_alpha_prime], "lr": c.critic_lr})
+        self.optimizer = make_adam(groups, lr=c.critic_lr)
         # Per-member random streams: sampling in `update`, exploration in `act`.
         self._update_generators = member_generators(self.seeds, "update", self.device)
         self._act_generators = member_generators(self.seeds, "act", self.device)
@@ -399,7 +402,8 @@ class CQL(Agent):
         else:
             alpha_prime_loss = log_pi.new_zeros(S)
         # L_TD + L_CQL per seed (with the fused path its gradients are already in place)
-        critic_loss = (td_loss + cql_weight.unsqueeze(1) * (cql_diff - (c.cql_target_action_gap if c.cql_lagrange else 0.0))).sum(dim=1)
+        gap_offset = c.cql_target_action_gap if c.cql_lagrange else 0.0
+        critic_loss = (td_loss + cql_weight.unsqueeze(1) * (cql_diff - gap_offset)).sum(dim=1)
 
         losses = actor_loss + alpha_loss + alpha_prime_loss
         total = (losses if fused else losses + critic_loss).sum()
