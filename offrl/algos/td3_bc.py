@@ -81,7 +81,12 @@ class TD3BCConfig:
 
 
 class TD3BC(Agent):
-    """TD3+BC for S seeds in one process. See the module docstring for the update."""
+    """TD3+BC for S seeds in one process. See the module docstring for the update.
+
+    compile=True runs the loss computations (forward and backward) through torch.compile:
+    about 5% more updates per CPU-second on the 2-core build machine, 20-30 s of compilation
+    at the first updates, results equal to eager within float rounding (not bit for bit).
+    """
 
     name: ClassVar[str] = "td3_bc"
     config_class: ClassVar[type] = TD3BCConfig
@@ -131,8 +136,6 @@ class TD3BC(Agent):
         # Actor-side metrics of the latest actor step (zeros before the first one).
         self._actor_metrics = {"actor_loss": zeros, "bc_loss": zeros.clone(), "lambda": zeros.clone()}
 
-        self._critic_step = self._critic_step_eager
-        self._actor_step = self._actor_step_eager
         self.compiled = bool(compile)
         if compile:
             self._critic_losses = torch.compile(self._critic_losses, dynamic=False)
@@ -174,7 +177,7 @@ class TD3BC(Agent):
         return actor_loss, bc.detach(), lmbda
 
     # ------------------------------------------------------------------ update
-    def _critic_step_eager(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _critic_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         noise = torch.empty_like(batch.actions)
         for s, g in enumerate(self._update_generators):
             noise[s].normal_(generator=g)
@@ -185,7 +188,7 @@ class TD3BC(Agent):
         self.critic_optimizer.step()
         return critic_loss.detach(), q_mean
 
-    def _actor_step_eager(self, batch: Batch) -> None:
+    def _actor_step(self, batch: Batch) -> None:
         actor_loss, bc, lmbda = self._actor_losses(batch.observations, batch.actions)
         self.actor_optimizer.zero_grad(set_to_none=True)
         # Only the actor's gradients: the critic's weights get none (and none are computed).
