@@ -276,13 +276,20 @@ class EnsembleMLP(nn.Module):
         # Plain ReLU MLPs (every network of TD3+BC, IQL and CQL) run as one autograd node.
         self.fused = self._relu and not layer_norm
 
-    def forward(self, x: torch.Tensor, members: slice | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: slice | None = None,
+                detach_params: bool = False) -> torch.Tensor:
+        """detach_params: the network as a fixed function of x — gradients reach x but no weight
+        gradient is computed (e.g. an actor's loss through a critic); plain ReLU MLPs only."""
+        if detach_params and not self.fused:
+            raise NotImplementedError("detach_params needs a plain ReLU MLP (no layer norm)")
         if self.fused:
             params = []
             for layer in self.layers:
                 params += [layer.weight, layer.bias_padded]
             if members is not None:
                 params = [p[members] for p in params]
+            if detach_params:
+                params = [p.detach() for p in params]
             x = _ReluMLPFn.apply(x, *params)
             return x if self._out_act is None else self._out_act(x)
         layers = self.layers
