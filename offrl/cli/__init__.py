@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # Registers the "sac-replay" recipe builder (medium-replay datasets), which lives above
+    # the data layer, so that any command that builds a dataset can build those too.
+    import offrl.training.behaviour  # noqa: F401
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -63,9 +63,16 @@ class MinariSource:
 
 @dataclass(frozen=True)
 class RecipeSource:
-    """How to generate the dataset: a behaviour policy run in an env for `transitions` steps.
+    """How to generate the dataset (see `offrl.data.generate` for the kinds).
 
-    policy: "uniform-random" or a policy checkpoint path (relative to the card's folder).
+    policy: "uniform-random", "combine", "sac-replay", or a behaviour-policy file path
+    (relative to the card's folder) checked against `policy_sha256`.
+    envs: envs run side by side by a policy recipe (part of the recipe: it orders the episodes).
+    actions: "stochastic" (sampled, as D4RL) or "deterministic" (the policy's mean).
+    combine: dataset ids whose rows are concatenated ("combine").
+    run_config: the SAC run's config.toml ("sac-replay"; relative to the card's folder).
+    build_sha256 / build_bytes / build_platform: what `offrl datasets build` produced on the
+    platform that wrote the card; a build elsewhere that differs only warns (floating point).
     """
 
     policy: str
@@ -73,6 +80,14 @@ class RecipeSource:
     seed: int
     transitions: int
     max_episode_steps: int
+    policy_sha256: str | None = None
+    envs: int = 1
+    actions: str = "stochastic"
+    combine: tuple[str, ...] = ()
+    run_config: str | None = None
+    build_sha256: str | None = None
+    build_bytes: int | None = None
+    build_platform: str | None = None
 
     kind = "recipe"
 
@@ -144,6 +159,10 @@ class DatasetCard:
             meta["recipe"] = {"policy": src.policy, "env_id": src.env_id, "seed": src.seed,
                               "transitions": src.transitions,
                               "max_episode_steps": src.max_episode_steps}
+            if src.policy not in ("uniform-random",):
+                meta["recipe"].update(policy_sha256=src.policy_sha256, envs=src.envs,
+                                      actions=src.actions, combine=list(src.combine),
+                                      run_config=src.run_config)
         return meta
 
 
@@ -175,6 +194,7 @@ class _Table:
             "float": isinstance(value, (int, float)) and not isinstance(value, bool),
             "bool": isinstance(value, bool),
             "table": isinstance(value, dict),
+            "list": isinstance(value, list),
             "shape": isinstance(value, list) and all(
                 isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value),
         }[kind]
@@ -234,13 +254,38 @@ def _parse_source(table: _Table) -> Source:
     else:
         rec = table.sub("recipe")
         assert rec is not None
+        policy_sha = rec.get("policy_sha256", "str", required=False)
+        _check_sha256(rec, "policy_sha256", policy_sha)
+        build_sha = rec.get("build_sha256", "str", required=False)
+        _check_sha256(rec, "build_sha256", build_sha)
+        actions = rec.get("actions", "str", required=False, default="stochastic")
+        if actions not in ("stochastic", "deterministic"):
+            raise rec.fail("actions", f"must be 'stochastic' or 'deterministic'; got {actions!r}")
+        combine = rec.get("combine", "list", required=False, default=[])
+        if not all(isinstance(c, str) and c for c in combine):
+            raise rec.fail("combine", f"must be a list of dataset ids; got {combine!r}")
+        policy = rec.get("policy", "str")
+        if (policy == "combine") != bool(combine):
+            raise rec.fail("combine", "is required exactly when policy = 'combine'")
+        run_config = rec.get("run_config", "str", required=False)
+        if (policy == "sac-replay") != (run_config is not None):
+            raise rec.fail("run_config", "is required exactly when policy = 'sac-replay'")
+        build_bytes = rec.get("build_bytes", "int", required=False)
         src = RecipeSource(
-            policy=rec.get("policy", "str"),
+            policy=policy,
             env_id=rec.get("env_id", "str"),
             seed=rec.get("seed", "int"),
             transitions=_positive(rec, "transitions", rec.get("transitions", "int")),
             max_episode_steps=_positive(rec, "max_episode_steps",
                                         rec.get("max_episode_steps", "int")),
+            policy_sha256=policy_sha,
+            envs=_positive(rec, "envs", rec.get("envs", "int", required=False, default=1)),
+            actions=actions,
+            combine=tuple(combine),
+            run_config=run_config,
+            build_sha256=build_sha,
+            build_bytes=None if build_bytes is None else _positive(rec, "build_bytes", build_bytes),
+            build_platform=rec.get("build_platform", "str", required=False),
         )
         rec.no_unknown_keys()
     table.no_unknown_keys()

@@ -302,3 +302,108 @@ def train_behaviour(run_dir: str | Path, config: BehaviourConfig | None = None,
     info.update(status="complete", finished=utc_now())
     write_json_atomic(info_file, info)
     return run_dir
+
+
+# ---------------------------------------------------------------------- medium-replay datasets
+def read_behaviour_config(path: str | Path) -> tuple[SACConfig, BehaviourConfig]:
+    """The ([sac], [behaviour]) tables of a behaviour run's config.toml."""
+    import tomllib
+
+    from offrl.training.config import ConfigError, dataclass_from_dict
+
+    path = Path(path)
+    try:
+        tables = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"behaviour run config {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"behaviour run config {path}: not valid TOML: {exc}") from exc
+    unknown = set(tables) - {"sac", "behaviour"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown tables {sorted(unknown)}; expected [sac] and [behaviour]")
+    sac = dataclass_from_dict(SACConfig, tables.get("sac", {}), source=str(path), table="sac")
+    behaviour = dataclass_from_dict(BehaviourConfig, tables.get("behaviour", {}), source=str(path),
+                                    table="behaviour")
+    return sac, behaviour
+
+
+def replay_rows(run_dir: str | Path, seed: int, transitions: int) -> dict[str, np.ndarray] | None:
+    """The first `transitions` replay rows of member `seed` of a behaviour run, from its final
+    replay file or its latest checkpoint; None if the run has not got that far."""
+    run_dir = Path(run_dir)
+    final = run_dir / f"replay_seed_{seed}.npz"
+    if final.is_file():
+        with np.load(final) as z:
+            if len(z["rewards"]) >= transitions:
+                return {k: z[k][:transitions] for k in z.files}
+    ckpt = run_dir / "checkpoints" / "latest.pt"
+    if not ckpt.is_file():
+        return None
+    state = load_checkpoint(ckpt)
+    buf = state["buffer"]
+    if int(state["step"]) < transitions or buf["size"] < transitions or buf["capacity"] < transitions:
+        return None
+    member = json.loads((run_dir / "run.json").read_text())["seeds"].index(seed)
+    return {k: v[member, :transitions].numpy() for k, v in buf["data"].items()}
+
+
+def replay_dataset(rows: dict[str, np.ndarray], env_id: str, max_episode_steps: int):
+    """A Dataset (D4RL layout) from replay rows in the order they were collected."""
+    from offrl.data.dataset import Dataset
+
+    terminals, timeouts = rows["terminals"] > 0.5, rows["timeouts"] > 0.5
+    infos = {k: rows[k].astype(np.float64) for k in ("qpos", "qvel") if k in rows}
+    return Dataset(observations=rows["observations"].astype(np.float32),
+                   actions=rows["actions"].astype(np.float32),
+                   rewards=rows["rewards"].astype(np.float32), terminals=terminals,
+                   timeouts=timeouts,
+                   episode_starts=Dataset.episode_starts_from_flags(terminals, timeouts),
+                   next_observations=rows["next_observations"].astype(np.float32), infos=infos,
+                   metadata={"env_id": env_id, "algorithm": "sac",
+                             "max_episode_steps": max_episode_steps})
+
+
+def build_replay_recipe(recipe: Any, card: Any, progress: bool):
+    """The "sac-replay" recipe: SAC's replay buffer up to `recipe.transitions` env steps.
+
+    Re-runs SAC from scratch with the recorded config and seed (resumable: the run lives in
+    $OFFRL_HOME/behaviour-replays/<id>), stopping at that step. With $OFFRL_REPLAY_RUN naming
+    the original run directory (same config and seed), its replay is used instead of
+    re-training. Both give the same rows on the platform that trained the original.
+    """
+    import os
+
+    from offrl.data.cache import offrl_home
+
+    config_path = Path(recipe.run_config)
+    if not config_path.is_absolute() and card is not None:
+        config_path = card.path.parent / config_path
+    sac, behaviour = read_behaviour_config(config_path)
+    if behaviour.env_id != recipe.env_id:
+        raise UserError(f"{config_path} trains on {behaviour.env_id}, the recipe needs {recipe.env_id}")
+    given = os.environ.get("OFFRL_REPLAY_RUN")
+    if given:
+        run_dir = Path(given)
+        if (run_dir / "config.toml").read_text() != config_path.read_text():
+            raise UserError(f"$OFFRL_REPLAY_RUN={run_dir} was trained with a different config "
+                            f"than {config_path}")
+    else:
+        run_dir = offrl_home() / "behaviour-replays" / (card.id if card else f"seed{recipe.seed}")
+        if replay_rows(run_dir, recipe.seed, recipe.transitions) is None:
+            train_behaviour(run_dir, behaviour, sac, seeds=[recipe.seed], progress=progress,
+                            stop_after=recipe.transitions, command={"recipe": card.id if card else None})
+    rows = replay_rows(run_dir, recipe.seed, recipe.transitions)
+    if rows is None:
+        raise UserError(f"{run_dir} has not reached step {recipe.transitions} for seed {recipe.seed}")
+    data = replay_dataset(rows, recipe.env_id, recipe.max_episode_steps)
+    data.metadata.update(seed=recipe.seed, run_config=config_path.name)
+    return data
+
+
+def _register() -> None:
+    from offrl.data.generate import register_recipe_builder
+
+    register_recipe_builder("sac-replay", build_replay_recipe)
+
+
+_register()
