@@ -95,3 +95,23 @@ def test_behaviour_run_refuses_a_different_config(tmp_path):
     config.steps = 200
     with pytest.raises(UserError, match="different config"):
         train_behaviour(tmp_path / "r", config, sac, progress=False)
+
+
+def test_select_policies_writes_expert_and_medium_with_provenance(tmp_path):
+    from offrl.data.policies import load_policy
+    from offrl.training.behaviour import select_policies
+
+    config, sac = _small(steps=400)
+    config.eval_every = 100
+    run = train_behaviour(tmp_path / "run", config, sac, progress=False)
+    record = select_policies(run, tmp_path / "policies", "hopper-v5", episodes=3, candidates=2,
+                             log=lambda *a: None)
+    assert record["medium"]["step"] < record["expert"]["step"]
+    assert record["expert"]["episodes"] == 3 and record["random"]["episodes"] == 3
+    expert = load_policy(tmp_path / "policies" / "hopper-v5-expert.pt")
+    assert expert.meta["kind"] == "expert" and expert.meta["training_step"] == record["expert"]["step"]
+    assert (tmp_path / "policies" / "hopper-v5-sac.toml").read_text() == (run / "config.toml").read_text()
+    curve = (tmp_path / "policies" / "hopper-v5-curve.csv").read_text().splitlines()
+    assert curve[0].startswith("step,") and len(curve) == 5
+    saved = json.loads((tmp_path / "policies" / "hopper-v5-selection.json").read_text())
+    assert saved["expert"] == record["expert"]

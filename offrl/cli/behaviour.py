@@ -49,6 +49,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--device", default="cpu")
     t.set_defaults(func=_train)
 
+    c = sub.add_parser("select", help="choose the expert and medium snapshots of a run",
+                       description="Measure the best snapshots over fresh episodes and write "
+                                   "NAME-expert.pt, NAME-medium.pt, NAME-sac.toml, "
+                                   "NAME-curve.csv and NAME-selection.json to --out.")
+    c.add_argument("run_dir")
+    c.add_argument("--name", required=True, help="file prefix, e.g. hopper-v5")
+    c.add_argument("--out", default="datasets/policies")
+    c.add_argument("--episodes", type=int, default=100)
+    c.add_argument("--candidates", type=int, default=3)
+    c.set_defaults(func=_select)
+
     s = sub.add_parser("status", help="progress and evaluation curve of a behaviour run")
     s.add_argument("run_dir")
     s.set_defaults(func=_status)
@@ -77,6 +88,22 @@ def _train(args: argparse.Namespace) -> int:
     run = train_behaviour(args.out, config, seeds=args.seeds or [0], device=args.device,
                           command=command, stop_after=args.stop_after)
     print(f"run directory: {run}")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    import torch
+
+    from offrl.training.behaviour import select_policies
+
+    torch.set_num_threads(1)
+    record = select_policies(args.run_dir, args.out, args.name, episodes=args.episodes,
+                             candidates=args.candidates)
+    for kind in ("expert", "medium"):
+        r = record[kind]
+        print(f"{kind}: step {r['step']}, return {r['mean']:.1f} ± {r['std']:.1f} "
+              f"({r['episodes']} episodes)")
+    print(f"random: {record['random']['mean']:.1f}; files in {args.out}")
     return 0
 
 

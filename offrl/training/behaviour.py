@@ -407,3 +407,103 @@ def _register() -> None:
 
 
 _register()
+
+
+# ---------------------------------------------------------------------- choosing the policies
+def policy_returns(policy: TanhGaussianPolicy, env_id: str, episodes: int, seed: int, *,
+                   stochastic: bool = True, max_episode_steps: int | None = None) -> np.ndarray:
+    """(episodes,) returns of a behaviour policy, each episode seeded distinctly from `seed`
+    (stream 2: never the seeds of the evaluations during training)."""
+    env_seeds = episode_seeds(seed, [0], episodes, evaluation_index=0, stream=2)
+    rng = np.random.default_rng([seed, 0x5E1EC7])
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        noise = rng.standard_normal((episodes, policy.action_dim)) if stochastic else None
+        return policy.act(obs[0], noise)[None]
+
+    with VectorEvaluator(env_id, 1, episodes, max_episode_steps=max_episode_steps) as ev:
+        return ev.run(act, env_seeds).returns[0]
+
+
+def select_policies(run_dir: str | Path, out_dir: str | Path, name: str, *, episodes: int = 100,
+                    candidates: int = 3, seed: int = 12345,
+                    log: Any = print) -> dict[str, Any]:
+    """Choose the expert and medium snapshots of a behaviour run, as D4RL defined them, and
+    write them with their provenance to `out_dir`.
+
+    expert: of the `candidates` snapshots with the best stochastic evaluation during training,
+    the one with the best mean return over `episodes` fresh episodes (stochastic actions).
+    medium: of the `candidates` earlier snapshots whose training evaluation is closest to a
+    third of that return, the one whose `episodes`-episode mean is closest to it.
+    Also measures the uniform-random policy over `episodes` episodes (the reference minimum).
+
+    Writes <name>-expert.pt, <name>-medium.pt (policy files), <name>-sac.toml (the run's
+    config, which regenerates medium-replay), <name>-curve.csv (evaluation curve) and
+    <name>-selection.json (steps, returns, the command that trained the run). Returns the
+    selection record.
+    """
+    from offrl.data.generate import uniform_random_returns
+    from offrl.data.policies import load_policy
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    if info.get("status") != "complete":
+        log(f"note: {run_dir} is {info.get('status')} (selecting from the snapshots so far)")
+    env_id, member = info["env_id"], info["seeds"][0]
+    _, behaviour = read_behaviour_config(run_dir / "config.toml")
+    curve = evaluation_curve(run_dir, "stochastic").get(member, {})
+    det_curve = evaluation_curve(run_dir, "deterministic").get(member, {})
+    if len(curve) < 2:
+        raise UserError(f"{run_dir} has fewer than two evaluated snapshots")
+
+    def measure(step: int) -> np.ndarray:
+        policy = load_policy(_snapshot_path(run_dir, member, step))
+        returns = policy_returns(policy, env_id, episodes, seed,
+                                 max_episode_steps=behaviour.max_episode_steps)
+        log(f"  step {step}: {returns.mean():.1f} ± {returns.std():.1f} over {episodes} episodes")
+        return returns
+
+    log(f"{name}: expert candidates")
+    best = sorted(curve, key=lambda t: -curve[t])[:candidates]
+    measured = {t: measure(t) for t in best}
+    expert_step = max(measured, key=lambda t: measured[t].mean())
+    expert = measured[expert_step]
+    target = expert.mean() / 3
+    log(f"{name}: medium candidates (target {target:.1f})")
+    earlier = [t for t in curve if t < expert_step]
+    near = sorted(earlier, key=lambda t: abs(curve[t] - target))[:candidates]
+    for t in near:
+        if t not in measured:
+            measured[t] = measure(t)
+    medium_step = min(near, key=lambda t: abs(measured[t].mean() - target))
+    medium = measured[medium_step]
+    random = uniform_random_returns(env_id, episodes=episodes, seed=seed,
+                                    max_episode_steps=behaviour.max_episode_steps or 1000)
+    log(f"{name}: uniform random {random.mean():.1f} ± {random.std():.1f}")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def stats(returns: np.ndarray) -> dict[str, float]:
+        return {"mean": float(returns.mean()), "std": float(returns.std()),
+                "min": float(returns.min()), "max": float(returns.max()), "episodes": len(returns)}
+
+    record = {"name": name, "env_id": env_id, "seed": member, "run": str(run_dir),
+              "run_steps_done": max(curve), "run_status": info.get("status"),
+              "command": info.get("command"), "git_commit": info.get("git_commit"),
+              "offrl_version": info.get("offrl_version"), "threads": info.get("threads"),
+              "evaluation_seed": seed, "actions": "stochastic",
+              "expert": {"step": expert_step, **stats(expert)},
+              "medium": {"step": medium_step, "target": float(target), **stats(medium)},
+              "random": stats(random),
+              "candidates": {str(t): float(r.mean()) for t, r in sorted(measured.items())}}
+    for kind, step, returns in (("expert", expert_step, expert), ("medium", medium_step, medium)):
+        policy = load_policy(_snapshot_path(run_dir, member, step))
+        policy.meta.update(kind=kind, env_id=env_id, training_step=step,
+                           returns_mean=float(returns.mean()), returns_episodes=len(returns))
+        save_policy(out_dir / f"{name}-{kind}.pt", policy)
+    write_text_atomic(out_dir / f"{name}-sac.toml", (run_dir / "config.toml").read_text())
+    lines = ["step,stochastic_mean_return,deterministic_mean_return"]
+    lines += [f"{t},{curve[t]!r},{det_curve.get(t, float('nan'))!r}" for t in sorted(curve)]
+    write_text_atomic(out_dir / f"{name}-curve.csv", "\n".join(lines) + "\n")
+    write_json_atomic(out_dir / f"{name}-selection.json", record)
+    return record
