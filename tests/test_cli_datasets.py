@@ -186,3 +186,59 @@ def test_a_changed_built_file_is_detected(cards, offrl_home, capsys):
     assert code == 1 and "checksum mismatch" in err and f"build {TINY} --force" in err
     assert run(capsys, "build", TINY, "--quiet", "--force")[0] == 0
     assert run(capsys, "info", TINY)[0] == 0
+
+
+# ---------------------------------------------------------------------------------- semi-supervised
+TINY_IDM = "[idm]\nhidden_dims = [16]\nmax_steps = 20\nbatch_size = 32\nholdout_fraction = 0.0\n"
+
+
+def test_hide_actions_then_label(cards, offrl_home, tmp_path, capsys):
+    from offrl.data.hdf5 import read_hdf5
+    from offrl.data.minari_io import read_minari
+
+    code, out, err = run(capsys, "hide-actions", TINY, "--fraction", "0.34", "--from", "random",
+                         "--seed", "1", "--quiet")
+    assert code == 0, err
+    hidden_id = f"{TINY}-labelled34-random-s1"
+    hidden_path = offrl_home / "datasets" / hidden_id / f"{hidden_id}.hdf5"
+    assert "kept the actions of 1 of 3 trajectories" in out and str(hidden_path) in out
+    hidden = read_hdf5(hidden_path)
+    assert 50 <= hidden.labelled.sum() <= 100 and np.isnan(hidden.actions[~hidden.labelled]).all()
+    assert hidden.metadata["semi_supervised"]["by"] == "random"
+    assert hidden.metadata["env_id"] == "HalfCheetah-v5" and hidden.metadata["ref_max_score"]
+
+    config = tmp_path / "idm.toml"
+    config.write_text(TINY_IDM)
+    out_path = tmp_path / "labelled.hdf5"
+    code, out, err = run(capsys, "label", hidden_id, "--idm-config", str(config), "--device",
+                         "cpu", "--out", str(out_path), "--minari", "test/tiny/labelled-v0",
+                         "--quiet")
+    assert code == 0, err
+    assert f"{250 - hidden.labelled.sum()} proxy actions" in out and "minari:test/tiny" in out
+    labelled = read_hdf5(out_path)
+    np.testing.assert_array_equal(labelled.action_is_proxy, ~hidden.labelled)
+    assert labelled.fully_labelled
+    np.testing.assert_array_equal(labelled.actions[hidden.labelled],
+                                  hidden.actions[hidden.labelled])
+    assert labelled.metadata["labelling"]["idm_config"]["hidden_dims"] == [16]
+    back = read_minari("test/tiny/labelled-v0")
+    np.testing.assert_array_equal(back.action_is_proxy, labelled.action_is_proxy)
+
+    code, _, err = run(capsys, "hide-actions", TINY, "--fraction", "0.34", "--from", "random",
+                       "--seed", "1", "--quiet")
+    assert code == 1 and "exists; pass --force" in err
+
+
+def test_hide_actions_and_label_errors_are_one_clean_line(cards, tmp_path, capsys):
+    config = tmp_path / "idm.toml"
+    config.write_text(TINY_IDM)
+    for argv, fragment in [
+        (["hide-actions", TINY, "--fraction", "0"], "fraction must be in (0, 1]"),
+        (["hide-actions", TINY, "--fraction", "0.5", "--from", "bottom"], "unknown split spec"),
+        (["hide-actions", TINY, "--fraction", "0.1"], "no labelled trajectory would be left"),
+        (["label", TINY, "--idm-config", str(tmp_path / "nope.toml")], "cannot read"),
+        (["label", TINY, "--idm-config", str(config)], "every row already has an action"),
+    ]:
+        code, _, err = run(capsys, *argv, "--quiet")
+        assert code == 1 and fragment in err and err.startswith("offrl: error:"), (argv, err)
+        assert len(err.strip().splitlines()) == 1

@@ -132,3 +132,19 @@ def test_user_errors_are_one_line(setup, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train"]) == 1
     assert "ALGO and DATASET" in capsys.readouterr().err
+
+
+def test_train_on_a_hide_actions_split_uses_only_labelled_rows(setup, capsys):
+    tmp_path, config = setup
+    code = main(["datasets", "hide-actions", DATASET, "--fraction", "0.5", "--from", "random",
+                 "--seed", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    derived = f"{DATASET}-labelled50-random-s1"
+    run = tmp_path / "split-run"
+    code = main(["train", "td3_bc", derived, "--config", str(config), "--seeds", "1",
+                 "--run-dir", str(run), "--threads", "1", "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    info = json.loads((run / "run.json").read_text())
+    assert info["dataset_id"] == derived and info["env_id"] == "InvertedPendulum-v4"

@@ -157,8 +157,9 @@ def test_nan_action_rows_are_unlabelled_and_round_trip(tmp_path):
     assert_same_dataset(ds, copy)
 
 
-def test_proxy_labels_keep_their_labelled_flag(tmp_path):
-    """Actions predicted by an inverse-dynamics model are finite but not labelled."""
+def test_labelled_flags_survive_a_round_trip(tmp_path):
+    """Rows marked unlabelled keep that mark even where a finite action is stored (proxy labels
+    themselves are labelled rows with infos["action_is_proxy"]; see test_labelling.py)."""
     ds = read_hdf5(write_raw(tmp_path / "d.hdf5", d4rl_arrays()))
     labelled = np.ones(N, bool)
     labelled[::3] = False

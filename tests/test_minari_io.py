@@ -44,7 +44,7 @@ def test_hdf5_to_minari_round_trip_is_lossless(tmp_path, offrl_home, dtype):
     src = read_hdf5(d4rl_file(tmp_path, dtype), metadata={
         "env_id": "Hopper-v4", "ref_min_score": -20.272305, "ref_max_score": 3234.3,
         "description": "test data"})
-    # Mixed labels: NaN (action-free) rows and finite proxy labels both stay unlabelled.
+    # Mixed labels: NaN (action-free) rows, and finite actions marked unlabelled, stay unlabelled.
     actions = src.actions.copy()
     actions[5:9] = np.nan
     labelled = ~np.isnan(actions).any(axis=1)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from offrl.algos.base import Batch, member_generators
-from offrl.data.dataset import Transitions
+from offrl.data.dataset import DatasetError, Transitions
 
 __all__ = ["TransitionSampler"]
 
@@ -45,8 +45,9 @@ class TransitionSampler:
                              f"({len(transitions)},)")
         n = int(labelled.sum())
         if n == 0:
-            raise ValueError(f"the dataset has no labelled transitions (of {len(transitions)}); "
-                             "these algorithms need actions: label them first (inverse dynamics)")
+            raise DatasetError(f"the dataset has no labelled transitions (of {len(transitions)}); "
+                               "these algorithms need actions: label them first (`offrl datasets "
+                               "label`, inverse dynamics)")
         keep = None if n == len(transitions) else np.flatnonzero(labelled)
 
         def rows(a: np.ndarray) -> np.ndarray:

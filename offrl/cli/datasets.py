@@ -1,4 +1,5 @@
-"""`offrl datasets …`: list, inspect, download, build, locate and convert datasets."""
+"""`offrl datasets …`: list, inspect, download, build, locate and convert datasets, and make
+semi-supervised ones (hide-actions, label)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ examples:
   offrl datasets path hopper-random-10k-v0  print where the file is
   offrl datasets convert hopper-random-10k-v0 minari:offrl/hopper/random-10k-v0
   offrl datasets convert minari:offrl/hopper/random-10k-v0 /tmp/hopper-random.hdf5
+  offrl datasets hide-actions hopper-medium-v2 --fraction 0.1 --from lowest-50% --seed 0
+                                            keep the actions of 10% of the trajectories (SS-ORL)
+  offrl datasets label hopper-medium-v2-labelled10-lowest50-s0 \
+        --idm-config baselines/idm/default.toml   fill the hidden actions by inverse dynamics
 
 Files are cached under $OFFRL_HOME (default ~/.offrl); extra cards are read from the
 folders in $OFFRL_CARDS.
@@ -75,6 +80,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "was recorded (D4RL files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_convert)
+
+    derived_help = ("ID: a registered id, an .hdf5 file, minari:ID, a Minari folder, or the id "
+                    "of a dataset written earlier by hide-actions / label (found under "
+                    "$OFFRL_HOME/datasets/<id>/<id>.hdf5).")
+    p = sub.add_parser(
+        "hide-actions", help="make a semi-supervised dataset: keep the actions of a fraction of "
+                             "the trajectories",
+        description="Keep the actions of FRACTION of all trajectories, drawn from a return "
+                    "range (SS-ORL: --fraction 0.1 --from lowest-50%); the other rows lose "
+                    "their actions (NaN, unlabelled). " + derived_help,
+        epilog="examples:\n  offrl datasets hide-actions hopper-medium-v2 --fraction 0.1 "
+               "--from lowest-50%\n  offrl datasets hide-actions data.hdf5 --fraction 0.25 "
+               "--from random --seed 3 --out data-25.hdf5",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="ID", help="the dataset to split (see above)")
+    p.add_argument("--fraction", type=float, required=True,
+                   help="fraction of all trajectories that keep their actions, in (0, 1]")
+    p.add_argument("--from", dest="by", default="lowest-50%", metavar="RANGE",
+                   help="where the kept trajectories are drawn from: random, lowest-P%%, "
+                        "highest-P%% or quantile:LO-HI (default: lowest-50%%)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
+    _output_arguments(p)
+    p.set_defaults(func=cmd_hide_actions)
+
+    p = sub.add_parser(
+        "label", help="fill missing actions with an inverse dynamics model (proxy labels)",
+        description="Train an inverse dynamics model on the rows with recorded actions, fill "
+                    "the rows without one (flagged in infos/action_is_proxy) and write the "
+                    "result. " + derived_help,
+        epilog="example:\n  offrl datasets label hopper-medium-v2-labelled10-lowest50-s0 "
+               "--idm-config baselines/idm/default.toml --device cuda",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="ID", help="the dataset to label (see above)")
+    p.add_argument("--idm-config", required=True, metavar="FILE",
+                   help="IDM config TOML with an [idm] table (e.g. baselines/idm/default.toml)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    _output_arguments(p)
+    p.set_defaults(func=cmd_label)
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", metavar="FILE",
+                   help="the .hdf5 to write (default: $OFFRL_HOME/datasets/<new id>/<new id>.hdf5)")
+    p.add_argument("--minari", metavar="ID", help="also write a Minari dataset with this id")
+    p.add_argument("--force", action="store_true", help="overwrite an existing .hdf5 output")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -248,4 +301,86 @@ def cmd_convert(args: argparse.Namespace) -> int:
         out = Path(dst)
         write_hdf5(dataset, out)
     print(f"wrote {len(dataset):,} transitions in {dataset.num_episodes:,} episodes to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- semi-supervised
+def _read_derived_or_source(src: str, progress: bool):
+    """A dataset written earlier by hide-actions / label (by its id), else `_read_source`."""
+    from offrl.data.download import dataset_cache_dir
+
+    if "/" not in src and not src.startswith(MINARI_PREFIX) and not Path(src).exists():
+        derived = dataset_cache_dir(src) / f"{src}.hdf5"
+        if derived.is_file():
+            from offrl.data.hdf5 import read_hdf5
+
+            return read_hdf5(derived)
+    return _read_source(src, progress=progress)
+
+
+def _write_derived(dataset, args: argparse.Namespace) -> list[str]:
+    """Write the .hdf5 (args.out or the cache) and, if asked, the Minari copy; their names."""
+    from offrl.data.download import dataset_cache_dir
+    from offrl.data.hdf5 import write_hdf5
+
+    new_id = dataset.metadata["dataset_id"]
+    out = Path(args.out).expanduser() if args.out else dataset_cache_dir(new_id) / f"{new_id}.hdf5"
+    if out.suffix not in HDF5_SUFFIXES:
+        raise UserError(f"--out {args.out!r} must end in .hdf5 or .h5")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    written = [str(write_hdf5(dataset, out))]
+    if args.minari:
+        from offrl.data.minari_io import write_minari
+
+        where = write_minari(dataset, args.minari, env_id=dataset.metadata.get("env_id"))
+        written.append(f"minari:{args.minari} ({where})")
+    return written
+
+
+def cmd_hide_actions(args: argparse.Namespace) -> int:
+    from offrl.data.semi_supervised import hide_actions
+
+    dataset = _read_derived_or_source(args.src, progress=not args.quiet)
+    hidden = hide_actions(dataset, args.fraction, by=args.by, seed=args.seed)
+    split = hidden.metadata["semi_supervised"]
+    written = _write_derived(hidden, args)
+    print(f"{hidden.metadata['dataset_id']}: kept the actions of {split['labelled_episodes']} of "
+          f"{split['episodes']} trajectories ({split['labelled_transitions']:,} of "
+          f"{split['transitions']:,} transitions), drawn from {args.by!r} with seed {args.seed}")
+    for name in written:
+        print(f"wrote {name}")
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from offrl.data.labelling import IDMConfig, label_actions
+
+    config = IDMConfig.from_toml(args.idm_config)  # before loading: a bad config fails fast
+    import torch
+
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UserError(f"--threads must be positive; got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as exc:
+        raise UserError(f"--device {device!r} is not usable here: {exc}") from exc
+    dataset = _read_derived_or_source(args.src, progress=not args.quiet)
+    labelled = label_actions(dataset, config, device=device, progress=not args.quiet,
+                             log=None if args.quiet else print)
+    info = labelled.metadata["labelling"]
+    written = _write_derived(labelled, args)
+    if info.get("heldout_mse") is not None:
+        print(f"IDM held-out action MSE {info['heldout_mse']:.5g} vs action variance "
+              f"{info['action_variance']:.5g} (R^2 {info['heldout_r2']:.4f}) on "
+              f"{info['heldout_trajectories']} held-out trajectories, best at step "
+              f"{info['best_step']} of {info['steps']}")
+    print(f"{labelled.metadata['dataset_id']}: {info['proxy_transitions']:,} proxy actions, "
+          f"{info['recorded_transitions']:,} recorded, {info['unlabellable_transitions']:,} left "
+          "unlabelled (no next state)")
+    for name in written:
+        print(f"wrote {name}")
     return 0

@@ -24,12 +24,17 @@ class DatasetError(UserError, ValueError):
     """A dataset (file, card or arrays) is malformed. The message names the source and the key."""
 
 
+# infos key of the per-row flag "this action was predicted (inverse dynamics), not recorded".
+PROXY_INFO = "action_is_proxy"
+
+
 @dataclass
 class Transitions:
     """(s, a, r, s', done) arrays for Q-learning, all float32 except `dones` (bool).
 
     observations (N, obs_dim), actions (N, act_dim), rewards (N,), next_observations
-    (N, obs_dim), dones (N,), labelled (N,) — True where the action is a real, not proxy, label.
+    (N, obs_dim), dones (N,), labelled (N,) — True where the row has an action to learn from
+    (as `Dataset.labelled`: a true action, or a proxy from inverse dynamics).
     """
 
     observations: np.ndarray
@@ -74,7 +79,10 @@ class Dataset:
     timeouts          (N,) bool — the episode was cut by a time limit at this step
     next_observations (N, obs_dim) float or None when the source did not record it
     episode_starts    (E,) int64 — index of each episode's first row, ascending, starts at 0
-    labelled          (N,) bool — True where `actions` holds the behaviour policy's action
+    labelled          (N,) bool — True where `actions` holds an action to train on: the
+                      behaviour policy's, or a proxy predicted by an inverse dynamics model
+                      (then infos["action_is_proxy"] is True; see `offrl.data.labelling`).
+                      False rows have no trusted action (NaN) and are never sampled.
     infos             {name: (N, ...) array} — per-step extras, e.g. "qpos", "qvel"
     extras            {path: array} — anything else a file held (e.g. "metadata/policy/fc0/weight")
     metadata          plain JSON-able dict: dataset_id, env_id, ref_min_score, ref_max_score,
@@ -134,6 +142,17 @@ class Dataset:
     @property
     def fully_labelled(self) -> bool:
         return bool(self.labelled.all())
+
+    @property
+    def action_is_proxy(self) -> np.ndarray:
+        """(N,) bool: True where the action is an inverse-dynamics proxy, not a recorded one."""
+        flag = self.infos.get(PROXY_INFO)
+        return np.zeros(len(self), dtype=bool) if flag is None else np.asarray(flag, dtype=bool)
+
+    @property
+    def true_labelled(self) -> np.ndarray:
+        """(N,) bool: rows whose action was recorded (labelled and not a proxy)."""
+        return self.labelled & ~self.action_is_proxy
 
     @property
     def name(self) -> str:
@@ -235,6 +254,15 @@ class Dataset:
         for key, arr in self.infos.items():
             if arr.shape[0] != n:
                 fail(f"infos/{key}", f"has {arr.shape[0]} rows; expected {n}")
+        proxy = self.infos.get(PROXY_INFO)
+        if proxy is not None:
+            if proxy.shape != (n,) or proxy.dtype != np.bool_:
+                fail(f"infos/{PROXY_INFO}", f"has shape {proxy.shape} and dtype {proxy.dtype}; "
+                     f"expected ({n},) bool")
+            stray = np.flatnonzero(proxy & ~self.labelled)
+            if len(stray):
+                fail(f"infos/{PROXY_INFO}", f"marks {len(stray)} unlabelled row(s) as proxy "
+                     f"actions (first at row {stray[0]}); a proxy row must hold an action")
         return self
 
     # ------------------------------------------------------------------ views

@@ -130,8 +130,9 @@ def _dataset_from_arrays(raw: dict[str, Any], path: Path, max_episode_steps: int
 
     actions = raw.pop("actions", None)
     if actions is None:
-        # Action-free file: every row unlabelled; the width comes from metadata when recorded.
-        actions = np.full((n, int(meta.get("action_dim", 0))), np.nan, dtype=np.float32)
+        # Action-free file: every row unlabelled (NaN actions); the width comes from metadata
+        # ("action_dim", or a card's "action_shape") when recorded, else it is 0.
+        actions = np.full((n, action_width(meta)), np.nan, dtype=np.float32)
         labelled = np.zeros(n, dtype=bool)
     elif actions.ndim != 2 or actions.shape[0] != n:
         fail("actions", f"has shape {actions.shape}; expected (N, act_dim) with N = {n} rows "
@@ -166,6 +167,15 @@ def _dataset_from_arrays(raw: dict[str, Any], path: Path, max_episode_steps: int
                       timeouts=timeouts, episode_starts=episode_starts, next_observations=next_obs,
                       labelled=labelled, infos=infos, extras=extras, metadata=meta)
     return dataset.validate(source=str(path))
+
+
+def action_width(meta: dict[str, Any]) -> int:
+    """Columns of the action rows of an action-free source: metadata "action_dim", else the
+    product of "action_shape" (a card's), else 0."""
+    if meta.get("action_dim") is not None:
+        return int(meta["action_dim"])
+    shape = meta.get("action_shape")
+    return int(np.prod(shape)) if shape else 0
 
 
 def file_metadata_summary(extras: dict[str, np.ndarray]) -> dict[str, Any]:

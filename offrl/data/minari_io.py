@@ -31,7 +31,7 @@ import numpy as np
 
 from offrl.data import cache
 from offrl.data.dataset import Dataset, DatasetError
-from offrl.data.hdf5 import SOURCE_KEYS, _json_default, file_metadata_summary
+from offrl.data.hdf5 import SOURCE_KEYS, _json_default, action_width, file_metadata_summary
 
 OFFRL_METADATA_KEY = "offrl_metadata"
 LABELLED_INFO = "labelled"
@@ -112,20 +112,25 @@ def _metadata_from_minari(raw: dict[str, Any], data_dir: Path) -> dict[str, Any]
 
 
 def _read_uncached(data_dir: Path, raw_meta: dict[str, Any], meta: dict[str, Any]) -> Dataset:
+    act_dim = action_width(meta)
     for key in ("observation_space", "action_space"):
         space = json.loads(raw_meta.get(key) or "{}")
+        if key == "action_space" and not space:
+            continue  # an action-free dataset may record no action space
         if space.get("type") != "Box":
             raise DatasetError(f"{data_dir}: {key} is {space.get('type')}; offrl datasets hold "
                                "flat Box observations and actions only")
+        if key == "action_space" and space.get("shape") is not None:
+            act_dim = int(np.prod(space["shape"]))
     dataset = None
     if raw_meta.get("data_format", "hdf5") == "hdf5":
         episodes = iter_episodes_h5py(data_dir / MAIN_FILE, int(raw_meta["total_episodes"]))
         try:
-            dataset = _flatten_episodes(episodes, str(data_dir), meta)
+            dataset = _flatten_episodes(episodes, str(data_dir), meta, act_dim)
         except IrregularEpisodes:
             dataset = None
     if dataset is None:  # arrow/parquet, or irregular infos: let Minari decode
-        dataset = _flatten_episodes(iter_episodes_minari(data_dir), str(data_dir), meta)
+        dataset = _flatten_episodes(iter_episodes_minari(data_dir), str(data_dir), meta, act_dim)
     if (data_dir / EXTRAS_FILE).exists():
         dataset.extras = _read_extras(data_dir / EXTRAS_FILE)
     return dataset
@@ -139,10 +144,10 @@ def iter_episodes_h5py(main_file: Path, total_episodes: int) -> Iterator[dict[st
     EpisodeData: about 2x faster than `minari.load_dataset(...).iterate_episodes()`, with
     identical arrays (tested). (Reading raw chunk bytes instead was measured slower.) The info keys
     are those of episode 0; an episode whose infos differ raises `IrregularEpisodes` so the
-    caller can fall back to Minari's reader.
+    caller can fall back to Minari's reader. An episode without `actions` (action-free data)
+    yields actions None.
     """
-    step_keys = [k.encode() for k in
-                 ("observations", "actions", "rewards", "terminations", "truncations")]
+    step_keys = [k.encode() for k in ("observations", "rewards", "terminations", "truncations")]
     try:
         with h5py.File(main_file, "r") as f:
             if total_episodes == 0:
@@ -153,6 +158,7 @@ def iter_episodes_h5py(main_file: Path, total_episodes: int) -> Iterator[dict[st
             for i in range(total_episodes):
                 group = h5py.h5g.open(f.id, f"episode_{i}".encode())
                 episode = {k.decode(): _read_array(group, k) for k in step_keys}
+                episode["actions"] = _read_array(group, b"actions") if b"actions" in group else None
                 try:
                     infos_links = h5py.h5g.open(group, b"infos").get_num_objs() if info_keys else 0
                     if layout is None:
@@ -210,8 +216,11 @@ def _flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def _flatten_episodes(episodes: Iterable[dict[str, Any]], source: str,
-                      meta: dict[str, Any]) -> Dataset:
-    """Concatenate episode dicts (T+1 observations each) into one flat Dataset."""
+                      meta: dict[str, Any], action_dim: int = 0) -> Dataset:
+    """Concatenate episode dicts (T+1 observations each) into one flat Dataset.
+
+    Episodes with actions None get NaN actions (T, action_dim): unlabelled rows.
+    """
     cols: dict[str, list[np.ndarray]] = {k: [] for k in (
         "observations", "next_observations", "actions", "rewards", "terminals", "timeouts")}
     infos: dict[str, list[np.ndarray]] = {}
@@ -226,7 +235,9 @@ def _flatten_episodes(episodes: Iterable[dict[str, Any]], source: str,
                                "steps; Minari stores T+1")
         cols["observations"].append(obs[:-1])
         cols["next_observations"].append(obs[1:])
-        cols["actions"].append(np.asarray(ep["actions"]))
+        actions = ep.get("actions")
+        cols["actions"].append(np.full((t, action_dim), np.nan, np.float32) if actions is None
+                               else np.asarray(actions))
         cols["rewards"].append(np.asarray(ep["rewards"]).reshape(t))
         cols["terminals"].append(np.asarray(ep["terminations"], dtype=bool).reshape(t))
         cols["timeouts"].append(np.asarray(ep["truncations"], dtype=bool).reshape(t))
