@@ -242,3 +242,17 @@ def test_hide_actions_and_label_errors_are_one_clean_line(cards, tmp_path, capsy
         code, _, err = run(capsys, *argv, "--quiet")
         assert code == 1 and fragment in err and err.startswith("offrl: error:"), (argv, err)
         assert len(err.strip().splitlines()) == 1
+
+
+def test_build_with_minari_export_and_report(cards, offrl_home, tmp_path, capsys):
+    import minari
+
+    code, out, err = run(capsys, "build", TINY, "--quiet", "--minari")
+    assert code == 0, err
+    assert "minari:offrl/tiny/cheetah-random-v0" in out
+    assert minari.load_dataset("offrl/tiny/cheetah-random-v0").total_steps == 250
+    code, out, err = run(capsys, "report", TINY, "--reference", TINY, "--out", str(tmp_path / "r"),
+                         "--quiet")
+    assert code == 0, err
+    text = (tmp_path / "r" / f"{TINY}.md").read_text()
+    assert "| transitions | 250 |" in text and "| SACo" in text and "1.000" in text

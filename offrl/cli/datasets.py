@@ -15,6 +15,9 @@ examples:
   offrl datasets info hopper-medium-v2      the card, plus statistics if it is cached
   offrl datasets download hopper-medium-v2  fetch a D4RL file (checked against its sha256)
   offrl datasets build hopper-random-10k-v0 generate a recipe dataset locally (no network)
+  offrl datasets build hopper-medium-v0 --minari   and as Minari dataset offrl/hopper/medium-v0
+  offrl datasets report hopper-medium-v0 --reference hopper-medium-replay-v0
+                                            return histogram, statistics, TQ and SACo
   offrl datasets path hopper-random-10k-v0  print where the file is
   offrl datasets convert hopper-random-10k-v0 minari:offrl/hopper/random-10k-v0
   offrl datasets convert minari:offrl/hopper/random-10k-v0 /tmp/hopper-random.hdf5
@@ -48,16 +51,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("report", help="return distribution, statistics, TQ and SACo of a dataset",
+                       description="Write <out>/<id>.md, .json and _returns.png: the histogram of "
+                       "complete-episode returns, mean/min/max return, episodes, TQ (against the "
+                       "card's reference returns) and SACo (against --reference, e.g. the "
+                       "env's medium-replay dataset).")
+    p.add_argument("id", help="dataset id")
+    p.add_argument("--reference", help="dataset id whose (state, action) coverage is SACo's denominator")
+    p.add_argument("--out", default="evaluation/reports/datasets", help="output folder")
+    p.add_argument("--bin-width", type=float, default=0.5, help="SACo bin width in reference stds")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("download", help="fetch a dataset into the cache (builds recipe datasets)")
     p.add_argument("id", help="dataset id, e.g. hopper-medium-v2")
     p.add_argument("--force", action="store_true", help="fetch again even if a good copy is cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("build", help="generate a recipe dataset (e.g. hopper-random-10k-v0)")
+    p = sub.add_parser("build", help="generate a recipe dataset (e.g. hopper-random-10k-v0)",
+                       description="Generate a recipe dataset from its card (uniform-random, a "
+                       "shipped behaviour policy, a combination, or a SAC replay) into the cache, "
+                       "and compare its sha256 with the one the card records (a difference only "
+                       "warns: floating point differs across platforms).")
     p.add_argument("id", help="id of a card with a [source.recipe]")
     p.add_argument("--force", action="store_true", help="build again even if it is cached")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--minari", nargs="?", const="auto", metavar="MINARI_ID",
+                   help="also write a Minari dataset (default id: offrl/<env>/<name>, e.g. "
+                        "offrl/hopper/medium-v0 for hopper-medium-v0)")
+    p.add_argument("--from-run", metavar="RUN_DIR",
+                   help="sac-replay recipes: take the replay from this behaviour run instead of "
+                        "re-running SAC ($OFFRL_REPLAY_RUN)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("path", help="print the local path of a cached dataset")
@@ -238,7 +263,43 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not isinstance(card.source, RecipeSource):
         raise UserError(f"{card.id} has a {card.source_kind} source, not a recipe; "
                         f"use `offrl datasets download {card.id}`")
-    print(fetch(card, progress=not args.quiet, force=args.force))
+    if args.from_run:
+        import os
+
+        os.environ["OFFRL_REPLAY_RUN"] = str(Path(args.from_run).resolve())
+    path = fetch(card, progress=not args.quiet, force=args.force)
+    print(path)
+    if args.minari:
+        from offrl.data.load import load_dataset
+        from offrl.data.minari_io import write_minari
+
+        minari_id = minari_id_for(card.id) if args.minari == "auto" else args.minari
+        where = write_minari(load_dataset(card, progress=False), minari_id, env_id=card.env_id)
+        print(f"minari:{minari_id} ({where})")
+    return 0
+
+
+def minari_id_for(dataset_id: str) -> str:
+    """offrl's Minari id for a dataset id: hopper-medium-v0 -> offrl/hopper/medium-v0."""
+    env, _, rest = dataset_id.partition("-")
+    if not rest:
+        raise UserError(f"cannot derive a Minari id from {dataset_id!r}; give --minari NAMESPACE/ENV/NAME-vN")
+    return f"offrl/{env}/{rest}"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from offrl.data.load import load_dataset
+    from offrl.data.registry import get_card
+    from offrl.evaluation.dataset_report import write_dataset_report
+
+    card = get_card(args.id)
+    data = load_dataset(card, progress=not args.quiet)
+    reference = None
+    if args.reference:
+        reference = load_dataset(args.reference, progress=not args.quiet)
+    md = write_dataset_report(data, args.out, dataset_id=card.id, card=card, reference=reference,
+                              reference_id=args.reference, bin_width=args.bin_width)
+    print(md)
     return 0
 
 
