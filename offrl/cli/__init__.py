@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "offrl.cli.datasets",    # datasets list|info|download|path|convert|build
     "offrl.cli.train",       # train, evaluate
     "offrl.cli.report",      # report, compare
+    "offrl.cli.leaderboard", # submit, leaderboard verify|build|serve|add-token
     "offrl.cli.behaviour",   # behaviour train|status (SAC behaviour policies)
 ]
 
