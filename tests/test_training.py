@@ -146,12 +146,17 @@ def test_baseline_configs_load():
     if not dirs:
         pytest.skip("no baselines/ folder next to the package")
     checked = 0
+    from offrl.training.finetune import read_finetune_file
+
     for cls in algorithm_classes():
         for path in sorted((dirs[0] / cls.name).glob("*.toml")):
-            config = load_config(cls.name, cls.config_class, path)
-            assert config.training.batch_size == 256 and config.training.steps == 1_000_000
+            if path.stem.endswith("-finetune"):  # the online phase's [algo] + [finetune] schema
+                read_finetune_file(path, cls.config_class)
+            else:
+                config = load_config(cls.name, cls.config_class, path)
+                assert config.training.batch_size == 256 and config.training.steps == 1_000_000
             checked += 1
-    assert checked >= 1
+    assert checked >= 8
 
 
 # ---------------------------------------------------------------------------------- preprocessing

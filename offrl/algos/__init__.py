@@ -9,13 +9,14 @@ An algorithm module registers itself by adding its class to `ALGORITHMS` here.
 from __future__ import annotations
 
 from offrl.algos.base import Agent, Batch, derive_seed, member_generators
+from offrl.algos.cal_ql import CalQL, CalQLConfig
 from offrl.algos.cql import CQL, CQLConfig
 from offrl.algos.iql import IQL, IQLConfig
 from offrl.algos.sampler import TransitionSampler
 from offrl.algos.td3_bc import TD3BC, TD3BCConfig
 from offrl.errors import UserError
 
-__all__ = ["ALGORITHMS", "Agent", "Batch", "CQL", "CQLConfig", "IQL", "IQLConfig", "TD3BC", "TD3BCConfig",
+__all__ = ["ALGORITHMS", "Agent", "Batch", "CQL", "CalQL", "CalQLConfig", "CQLConfig", "IQL", "IQLConfig", "TD3BC", "TD3BCConfig",
            "TransitionSampler", "UnknownAlgorithmError", "derive_seed", "get_algorithm",
            "member_generators"]
 
@@ -23,6 +24,7 @@ ALGORITHMS: dict[str, type[Agent]] = {
     TD3BC.name: TD3BC,
     IQL.name: IQL,
     CQL.name: CQL,
+    CalQL.name: CalQL,
 }
 
 

@@ -15,8 +15,10 @@ COMMAND_MODULES = [
     "offrl.cli.datasets",    # datasets list|info|download|path|convert|build
     "offrl.cli.train",       # train, evaluate
     "offrl.cli.report",      # report, compare
+    "offrl.cli.sweep",       # sweep, quickstart
     "offrl.cli.leaderboard", # submit, leaderboard verify|build|serve|add-token
     "offrl.cli.behaviour",   # behaviour train|status (SAC behaviour policies)
+    "offrl.cli.finetune",    # finetune (offline-to-online)
 ]
 
 

@@ -334,7 +334,11 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
     # Sampler and agent.
     from offrl.algos.sampler import TransitionSampler
 
-    sampler = TransitionSampler(transitions, seeds, tc.batch_size, device)
+    # An algorithm that needs more per transition than (s, a, r, s', d) (Cal-QL: returns-to-go)
+    # brings its own sampler; its state_dict keeps resume exact like the plain one.
+    make_sampler = getattr(agent_cls, "offline_sampler", None)
+    sampler = (make_sampler(transitions, config.algo, seeds, tc.batch_size, device) if make_sampler
+               else TransitionSampler(transitions, seeds, tc.batch_size, device))
     obs_dim, act_dim = transitions.observations.shape[1], transitions.actions.shape[1]
     agent = agent_cls(config.algo, obs_dim, act_dim, seeds, device=device, max_action=max_action)
     accumulator = MetricAccumulator()
