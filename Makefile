@@ -1,4 +1,4 @@
-# One entry point. `make demo` runs the main job, `make test` the test suite; both build .venv first.
+# One entry point. `make demo` runs the main job (`offrl quickstart`), `make test` the test suite; both build .venv first.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.offrl-installed
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/offrl demo
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/offrl quickstart
 
 # two workers, one torch/BLAS thread each: the 2 cores are never oversubscribed
 test: $(STAMP)

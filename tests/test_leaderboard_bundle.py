@@ -273,3 +273,12 @@ def test_board_build_ranks_and_escapes(built, tmp_path, capsys):
     assert [r["name"] for r in data[0]["rows"]] == ["td3bc-tiny", "worse"]
     assert data[0]["rows"][1]["probability_of_improvement_vs_leader"]["point"] < 0.5
     assert (board / "profiles-tiny-1.svg").read_text().startswith("<svg")
+
+
+def test_infinite_hyperparameters_are_written_as_toml_spellings():
+    """CQL's default cql_clip_diff_min/max are ±inf, which JSON cannot hold."""
+    from offrl.leaderboard.bundle import _json_safe
+
+    assert _json_safe({"algo": {"cql_clip_diff_min": float("-inf"), "cql_clip_diff_max": float("inf"),
+                                "dims": [256, 1.5]}}) == {
+        "algo": {"cql_clip_diff_min": "-inf", "cql_clip_diff_max": "inf", "dims": [256, 1.5]}}

@@ -273,3 +273,13 @@ def test_export_single_member_with_normalisation(tmp_path, algo):
         want = agent.act(torch.from_numpy((obs - mean) / std), deterministic=True)[1]
         got = module(torch.from_numpy(obs[1]))
     torch.testing.assert_close(got, want)
+
+
+def test_sweep_suites_are_leaderboard_suites_with_per_algorithm_steps():
+    from offrl.leaderboard.suite import load_suite
+
+    quick = load_suite("quick")
+    assert quick.seeds_min == 5 and quick.version == "1" and quick.eval_episodes == 5
+    assert quick.steps == 1000 and quick.steps_for("cql") == 200 and quick.steps_for("iql") == 1000
+    assert quick.datasets == ("hopper-random-10k-v0", "halfcheetah-random-10k-v0",
+                              "walker2d-random-10k-v0")

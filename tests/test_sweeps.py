@@ -176,7 +176,7 @@ def test_unknown_suite_and_variant(setup):
 
 def test_shipped_suites():
     quick = load_suite("quick")
-    assert len(quick.seeds) == 3 and {a.name for a in quick.algorithms} == {"td3_bc", "iql", "cql"}
+    assert len(quick.seeds) == 5 and {a.name for a in quick.algorithms} == {"td3_bc", "iql", "cql"}
     assert len(expand_suite(quick)) == 3 * len(quick.datasets)
     mujoco = load_suite("mujoco")
     assert len(mujoco.datasets) == 9 and len(mujoco.seeds) == 5

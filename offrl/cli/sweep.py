@@ -114,15 +114,55 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- quickstart
-def leaderboard_step(result, out: Path) -> dict[str, Path]:
-    """LEADERBOARD HOOK (issue 9): build a leaderboard entry from the quickstart's runs and
-    render the board; returns {artefact name: path} to print.
+def leaderboard_step(result, out: Path, suite_path: Path) -> dict[str, Path]:
+    """Bundle each algorithm's complete runs as a submission to a local board under
+    `out/leaderboard`, check them against the suite's rules, verify them on fresh env seeds and
+    render the board. Returns {artefact name: path} to print."""
+    import json
+    import shutil
 
-    Not wired yet: it waits for the offrl.leaderboard package. When it lands, build the entry
-    from `result.run_dirs` (the complete ones), write it under `out / "leaderboard"`, render the
-    board there, and return e.g. {"entry": …, "board": …/index.html}.
-    """
-    return {}
+    from offrl.leaderboard.board import SUBMISSIONS_DIR, build_board
+    from offrl.leaderboard.bundle import build_bundle, read_bundle
+    from offrl.leaderboard.rules import check_rules
+    from offrl.leaderboard.suite import load_suite
+    from offrl.leaderboard.bundle import VERIFICATION_JSON
+    from offrl.leaderboard.verify import verify_submission
+    from offrl.training.run_dir import write_json_atomic
+
+    board = out / "leaderboard"
+    suite = load_suite(suite_path)
+    runs_by_algo: dict[str, list[Path]] = {}
+    for job_id, run_dir in result.run_dirs.items():
+        if result.statuses.get(job_id) == "complete":
+            algo = json.loads((Path(run_dir) / "run.json").read_text())["algo"]
+            runs_by_algo.setdefault(algo, []).append(Path(run_dir))
+    artefacts: dict[str, Path] = {}
+    for algo, runs in sorted(runs_by_algo.items()):
+        name = f"quickstart-{algo}"
+        target = board / SUBMISSIONS_DIR / name
+        try:
+            build_bundle(runs, target, name=name, suite=suite, overwrite=True,
+                         description=f"{algo} on the quick suite, made by `offrl quickstart`")
+            submission = read_bundle(target)
+        except UserError as exc:  # one algorithm's problem must not hide the others' entries
+            print(f"  {name}: not on the board: {exc}")
+            shutil.rmtree(target, ignore_errors=True)
+            continue
+        violations = check_rules(submission, suite, bundle_dir=target)
+        if violations:
+            print(f"  {name}: not on the board: " + "; ".join(str(v) for v in violations))
+            shutil.rmtree(target, ignore_errors=True)
+            continue
+        verification = verify_submission(submission, target)  # fresh, secret env seeds
+        write_json_atomic(target / VERIFICATION_JSON, verification.to_json())
+        print(f"  {name}: rules pass; {verification.message}")
+        artefacts[f"entry:{algo}"] = target
+    build = build_board(board, reps=2_000, profile_reps=500)
+    artefacts["board"] = board / "index.html"
+    artefacts["board-md"] = board / "README.md"
+    for warning in getattr(build, "warnings", []):
+        print(f"  warning: {warning}")
+    return artefacts
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -136,13 +176,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     out: Path = args.out
     progress = False if args.no_progress else None
     print(f"offrl quickstart: suite {suite.name} ({suite.path})\n  {suite.description}\n")
-    print(f"1/3 datasets: {', '.join(suite.datasets)}")
+    print(f"1/4 datasets: {', '.join(suite.datasets)}")
     prepare_datasets(suite.datasets, progress=progress is not False)
-    print(f"\n2/3 training: {', '.join(a.name for a in suite.algorithms)} × "
+    print(f"\n2/4 training: {', '.join(a.name for a in suite.algorithms)} × "
           f"{len(suite.datasets)} datasets × {len(suite.seeds)} seeds")
     result = run_sweep(suite, out, max_jobs=args.jobs, progress=progress)
-    print("\n3/3 report" + ("" if result.report_dir else ": none (no complete runs)"))
-    artefacts = leaderboard_step(result, out)
+    print("\n3/4 report" + ("" if result.report_dir else ": none (no complete runs)"))
+    print("\n4/4 leaderboard entries and board")
+    artefacts = leaderboard_step(result, out, suite.path) if result.run_dirs else {}
 
     minutes = (time.perf_counter() - started) / 60
     if result.report_dir is not None:

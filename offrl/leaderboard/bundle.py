@@ -11,6 +11,7 @@ and renamed into place, so a half-built bundle never looks like a bundle.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import shutil
@@ -142,7 +143,19 @@ def _merge_configs(runs: list[_Run]) -> dict[str, Any]:
     merged = {k: dict(v) if isinstance(v, dict) else v for k, v in first.config.items()}
     merged.setdefault("training", {})["seeds"] = sorted(
         int(r["seed"]) for run in runs for r in run.results)
-    return merged
+    return _json_safe(merged)
+
+
+def _json_safe(value: Any) -> Any:
+    """Configs may hold ±inf (CQL's unclipped cql_clip_diff_min/max, TOML's `inf`), which JSON
+    cannot: they are written as the strings "inf" / "-inf" (as TOML spells them)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
 
 
 # ---------------------------------------------------------------------------------- building

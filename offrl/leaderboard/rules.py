@@ -178,14 +178,16 @@ def check_rules(submission: Submission, suite: Suite, *, bundle_dir: str | Path 
         out.append(Violation("datasets", f"dataset(s) not in suite {suite.name}: "
                              f"{', '.join(extra)}"))
     p = submission.protocol
-    if p.training_steps != suite.steps:
+    steps = suite.steps_for(submission.algorithm)
+    episodes = suite.eval_episodes_for(submission.algorithm)
+    if p.training_steps != steps:
         out.append(Violation("protocol", f"trained for {p.training_steps} steps; the suite "
-                             f"says {suite.steps}"))
+                             f"says {steps}"))
     if not p.last_iterate:
         out.append(Violation("protocol", "scores must be of the last iterate, not the best one"))
-    if p.evaluation_episodes != suite.eval_episodes:
+    if p.evaluation_episodes != episodes:
         out.append(Violation("episodes", f"protocol says {p.evaluation_episodes} evaluation "
-                             f"episodes; the suite says {suite.eval_episodes}"))
+                             f"episodes; the suite says {episodes}"))
     for d in submission.datasets:
         if len(d.results) < suite.seeds_min:
             out.append(Violation("seeds", f"{d.dataset_id}: {len(d.results)} seed(s); at least "

@@ -10,7 +10,12 @@ A suite is a small TOML file (`evaluation/suites/<name>.toml`, or any path) or d
     steps = 1000000        # gradient steps per seed, exactly
 
 The keys may also sit in a `[suite]` table; `min_seeds`, `episodes` / `evaluation_episodes`
-and `training_steps` are accepted as other spellings while the suite format settles.
+and `training_steps` are accepted as other spellings.
+
+The sweep suites of `evaluation/suites/` (`offrl.sweeps.suite`) are read too: there `[suite]
+seeds` (a list) gives seeds_min = its length, `[training]` gives steps and eval_episodes, an
+algorithm's own `[algorithms.<name>.training]` overrides them for that algorithm
+(`Suite.steps_for`), and version defaults to "1".
 """
 
 from __future__ import annotations
@@ -47,6 +52,15 @@ class Suite:
     eval_episodes: int
     steps: int
     source: str = "<dict>"
+    algorithm_steps: tuple[tuple[str, int], ...] = ()
+    """(algorithm, steps) where an algorithm trains for other than `steps`."""
+    algorithm_eval_episodes: tuple[tuple[str, int], ...] = ()
+
+    def steps_for(self, algorithm: str) -> int:
+        return dict(self.algorithm_steps).get(algorithm, self.steps)
+
+    def eval_episodes_for(self, algorithm: str) -> int:
+        return dict(self.algorithm_eval_episodes).get(algorithm, self.eval_episodes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "datasets": list(self.datasets),
@@ -71,6 +85,10 @@ def suite_from_dict(data: dict[str, Any], source: str = "<dict>") -> Suite:
     """Check and normalise a suite given as a dict (see the module docstring)."""
     if not isinstance(data, dict):
         raise SuiteError(f"{source}: a suite must be a table, got {type(data).__name__}")
+    by_algo_steps: dict[str, int] = {}
+    by_algo_episodes: dict[str, int] = {}
+    if isinstance(data.get("suite"), dict) and isinstance(data["suite"].get("seeds"), list):
+        data, by_algo_steps, by_algo_episodes = _from_sweep_suite(data, source)
     if isinstance(data.get("suite"), dict):
         data = {**data["suite"], **{k: v for k, v in data.items() if k != "suite"}}
     name = str(_pick(data, "name", source))
@@ -95,8 +113,30 @@ def suite_from_dict(data: dict[str, Any], source: str = "<dict>") -> Suite:
     seeds_min = _positive_int(_pick(data, "seeds_min", source), "seeds_min", source)
     episodes = _positive_int(_pick(data, "eval_episodes", source), "eval_episodes", source)
     steps = _positive_int(_pick(data, "steps", source), "steps", source)
+    for algo, value in {**by_algo_steps, **by_algo_episodes}.items():
+        _positive_int(value, f"algorithms.{algo}.training", source)
     return Suite(name, version, tuple(datasets), max(seeds_min, BOARD_MIN_SEEDS), episodes,
-                 steps, source)
+                 steps, source, tuple(sorted(by_algo_steps.items())),
+                 tuple(sorted(by_algo_episodes.items())))
+
+
+def _from_sweep_suite(data: dict[str, Any], source: str
+                      ) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
+    """A sweep suite's facts in this module's keys, plus per-algorithm steps and episodes."""
+    head = data["suite"]
+    training = data.get("training", {}) if isinstance(data.get("training"), dict) else {}
+    flat = {"name": head.get("name", Path(source).stem), "version": str(head.get("version", "1")),
+            "datasets": head.get("datasets"), "seeds_min": len(head["seeds"]),
+            "steps": training.get("steps", 1_000_000),
+            "eval_episodes": training.get("eval_episodes", 10)}
+    steps, episodes = {}, {}
+    for algo, table in (data.get("algorithms") or {}).items():
+        own = table.get("training", {}) if isinstance(table, dict) else {}
+        if "steps" in own and own["steps"] != flat["steps"]:
+            steps[algo] = own["steps"]
+        if "eval_episodes" in own and own["eval_episodes"] != flat["eval_episodes"]:
+            episodes[algo] = own["eval_episodes"]
+    return flat, steps, episodes
 
 
 def suites_dirs() -> list[Path]:
