@@ -376,3 +376,140 @@ def test_sweep_cli_dry_run_and_errors(setup, capsys):
         run_sweep(load_suite(bad), tmp_path / "s2", progress=False, print_fn=quiet)
     assert main(["sweep", str(path), "--address", "x:1", "--out", str(tmp_path / "s3")]) == 1
     assert "--backend ray" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- conditions
+HIDDEN = f"{DATASET}-labelled50-lowest50-s0"
+PROXY = f"{HIDDEN}-idm"
+
+TINY_IDM = """\
+[idm]
+hidden_dims = [32, 32]
+dropout = 0.0
+batch_size = 64
+max_steps = 40
+eval_every = 20
+"""
+
+SEMI_SUPERVISED = f"""\
+[suite]
+datasets = ["{DATASET}"]
+seeds = [0]
+
+[training]
+steps = 40
+batch_size = 32
+eval_every = 40
+eval_episodes = 1
+max_episode_steps = 20
+log_every = 20
+checkpoint_every = 40
+tensorboard = false
+
+[algorithms.td3_bc.algo]
+actor_hidden_dims = [16, 16]
+critic_hidden_dims = [16, 16]
+
+[conditions.all-actions]
+
+[conditions.labelled-half]
+hide_actions = {{ fraction = 0.5, from = "lowest-50%", seed = 0 }}
+
+[conditions.labelled-proxy]
+hide_actions = {{ fraction = 0.5, from = "lowest-50%", seed = 0 }}
+label = {{ idm_config = "idm.toml" }}
+
+[report]
+reps = 100
+figures = false
+"""
+
+
+@pytest.fixture
+def semi_supervised(setup):
+    tmp_path, _ = setup
+    (tmp_path / "idm.toml").write_text(TINY_IDM)
+    path = tmp_path / "semi.toml"
+    path.write_text(SEMI_SUPERVISED)
+    return tmp_path, path
+
+
+def test_shipped_semi_supervised_suite():
+    suite = load_suite("semi_supervised")
+    assert len(suite.datasets) == 6 and len(suite.seeds) == 5
+    assert {a.name for a in suite.algorithms} == {"td3_bc", "iql"}
+    assert [c.name for c in suite.conditions] == ["all-actions", "labelled-10pct",
+                                                  "labelled-proxy"]
+    jobs = expand_suite(suite)
+    assert len(jobs) == 2 * 6 * 3 and {j.steps for j in jobs} == {1_000_000}
+    hopper = [j for j in jobs if j.algo == "td3_bc" and j.dataset.startswith("hopper-medium-v0")]
+    assert [j.dataset for j in hopper] == ["hopper-medium-v0",
+                                           "hopper-medium-v0-labelled10-lowest50-s0",
+                                           "hopper-medium-v0-labelled10-lowest50-s0-idm"]
+    assert all(j.config == hopper[0].config for j in hopper)  # the source dataset's config
+    assert len({j.config_sha256 for j in hopper}) == 3        # the derivation is hashed in
+    small = load_suite("semi_supervised", variant="small")
+    assert small.datasets == ("hopper-random-100k-v0",) and len(expand_suite(small)) == 2 * 3
+    label = small.conditions[2].steps[1]
+    assert label.idm["max_steps"] == 2000 and label.idm["history"] == 1  # override + file
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("[conditions.all-actions]", "[conditions.all-actions]\nhide = 1"), "hide"),
+    (("fraction = 0.5, from", "fraction = 1.5, from"), "hide_actions fraction"),
+    (("from = \"lowest-50%\", seed = 0 }}\nlabel", "from = \"middle\", seed = 0 }}\nlabel"),
+     "hide_actions from"),
+    (("idm_config = \"idm.toml\"", "idm_config = \"idm.toml\", idm = {{ max_stepz = 3 }}"),
+     "max_stepz"),
+    (("idm_config = \"idm.toml\"", "idm_config = \"no-idm.toml\""), "no-idm.toml"),
+    (("[conditions.labelled-half]\nhide_actions", "[conditions.labelled-half]\nhide_actionz"),
+     "hide_actionz"),
+])
+def test_condition_errors_name_file_and_key(semi_supervised, edit, message):
+    tmp_path, _ = semi_supervised
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SEMI_SUPERVISED.replace(*(e.replace("{{", "{").replace("}}", "}")
+                                             for e in edit)))
+    with pytest.raises(SuiteError) as info:
+        load_suite(bad)
+    assert str(bad) in str(info.value) and message in str(info.value)
+
+
+def test_semi_supervised_sweep_end_to_end(semi_supervised, offrl_home):
+    from offrl.data.load import derived_dataset_path, load_any_dataset
+
+    tmp_path, path = semi_supervised
+    out = tmp_path / "sweep"
+    lines = []
+    result = run_sweep(load_suite(path), out, progress=False, print_fn=lines.append)
+    jobs = [f"td3_bc/{d}" for d in (DATASET, HIDDEN, PROXY)]
+    assert result.complete and list(result.statuses) == jobs
+    for job, dataset in zip(jobs, (DATASET, HIDDEN, PROXY)):  # a run per condition
+        info = read_json(result.run_dirs[job] / "run.json")
+        assert info["status"] == "complete" and info["dataset_id"] == dataset
+    made = [line for line in lines if "making it" in line]
+    assert len(made) == 2 and "hide-actions" in made[0] and "label" in made[1]
+    assert any(PROXY in line and "IDM held-out action MSE" in line for line in lines)
+    table = (out / "report" / "table.md").read_text()
+    assert all(d in table for d in (DATASET, HIDDEN, PROXY))  # side by side in the report
+
+    hidden, proxy = (load_any_dataset(d, progress=False) for d in (HIDDEN, PROXY))
+    assert 0 < hidden.labelled.mean() < 1 and proxy.action_is_proxy.any()
+    assert proxy.metadata["labelling"]["idm_config"]["max_steps"] == 40
+    # a registered id still loads with its card, although its recipe file sits in the cache
+    assert load_any_dataset(DATASET, progress=False).metadata["ref_max_score"] == 50.0
+
+    # A rerun skips everything: no job starts and no dataset is made again.
+    stamps = {d: derived_dataset_path(d).stat().st_mtime_ns for d in (HIDDEN, PROXY)}
+    lines.clear()
+    assert run_sweep(load_suite(path), out, progress=False, print_fn=lines.append).complete
+    assert not any(line.startswith(("starting", "resuming")) or "making it" in line
+                   for line in lines)
+    assert {d: derived_dataset_path(d).stat().st_mtime_ns for d in stamps} == stamps
+
+    # Another sweep reuses the derived datasets, but not one made with other IDM settings.
+    lines.clear()
+    (tmp_path / "idm.toml").write_text(TINY_IDM.replace("max_steps = 40", "max_steps = 30"))
+    with pytest.raises(UserError, match="other IDM settings.*max_steps"):
+        run_sweep(load_suite(path), tmp_path / "other", progress=False, print_fn=lines.append)
+    assert any("reusing" in line and HIDDEN in line for line in lines)

@@ -4,9 +4,9 @@ semi-supervised ones (hide-actions, label)."""
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 
+from offrl.data.load import HDF5_SUFFIXES, MINARI_PREFIX, load_any_dataset
 from offrl.errors import UserError
 
 EXAMPLES = """\
@@ -29,9 +29,6 @@ examples:
 Files are cached under $OFFRL_HOME (default ~/.offrl); extra cards are read from the
 folders in $OFFRL_CARDS.
 """
-
-HDF5_SUFFIXES = (".hdf5", ".h5")
-MINARI_PREFIX = "minari:"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -311,37 +308,6 @@ def cmd_path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_source(src: str, progress: bool):
-    from offrl.data.registry import list_cards
-
-    path = Path(src).expanduser()
-    if src.startswith(MINARI_PREFIX):
-        from offrl.data.minari_io import read_minari
-
-        return read_minari(src[len(MINARI_PREFIX):])
-    if path.is_dir():
-        from offrl.data.minari_io import read_minari
-
-        return read_minari(str(path))
-    if path.is_file():
-        if path.suffix not in HDF5_SUFFIXES:
-            raise UserError(f"{src}: not an .hdf5 file; SRC must be an .hdf5 file, minari:ID, a "
-                            "Minari dataset folder or a registered dataset id")
-        from offrl.data.hdf5 import read_hdf5
-
-        return read_hdf5(path).validate(source=str(path))
-    ids = [c.id for c in list_cards()]
-    if src in ids:
-        from offrl.data.load import load_dataset
-
-        return load_dataset(src, progress=progress)
-    if path.suffix in HDF5_SUFFIXES:
-        raise UserError(f"{src}: no such file")
-    close = difflib.get_close_matches(src, ids, n=3)
-    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
-    raise UserError(f"{src!r} is not a file, a folder, minari:ID or a registered dataset id{hint}")
-
-
 def cmd_convert(args: argparse.Namespace) -> int:
     dst = args.dst
     if not dst.startswith(MINARI_PREFIX) and Path(dst).suffix not in HDF5_SUFFIXES:
@@ -349,7 +315,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         "(e.g. minari:offrl/hopper/random-10k-v0)")
     if Path(dst).suffix in HDF5_SUFFIXES and Path(dst).exists() and not args.force:
         raise UserError(f"{dst} exists; pass --force to overwrite it")
-    dataset = _read_source(args.src, progress=not args.quiet)
+    dataset = load_any_dataset(args.src, progress=not args.quiet, derived=False)
     if dst.startswith(MINARI_PREFIX):
         from offrl.data.minari_io import write_minari
 
@@ -366,26 +332,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- semi-supervised
-def _read_derived_or_source(src: str, progress: bool):
-    """A dataset written earlier by hide-actions / label (by its id), else `_read_source`."""
-    from offrl.data.download import dataset_cache_dir
-
-    if "/" not in src and not src.startswith(MINARI_PREFIX) and not Path(src).exists():
-        derived = dataset_cache_dir(src) / f"{src}.hdf5"
-        if derived.is_file():
-            from offrl.data.hdf5 import read_hdf5
-
-            return read_hdf5(derived)
-    return _read_source(src, progress=progress)
-
-
 def _write_derived(dataset, args: argparse.Namespace) -> list[str]:
     """Write the .hdf5 (args.out or the cache) and, if asked, the Minari copy; their names."""
-    from offrl.data.download import dataset_cache_dir
     from offrl.data.hdf5 import write_hdf5
+    from offrl.data.load import derived_dataset_path
 
     new_id = dataset.metadata["dataset_id"]
-    out = Path(args.out).expanduser() if args.out else dataset_cache_dir(new_id) / f"{new_id}.hdf5"
+    out = Path(args.out).expanduser() if args.out else derived_dataset_path(new_id)
     if out.suffix not in HDF5_SUFFIXES:
         raise UserError(f"--out {args.out!r} must end in .hdf5 or .h5")
     if out.exists() and not args.force:
@@ -402,7 +355,7 @@ def _write_derived(dataset, args: argparse.Namespace) -> list[str]:
 def cmd_hide_actions(args: argparse.Namespace) -> int:
     from offrl.data.semi_supervised import hide_actions
 
-    dataset = _read_derived_or_source(args.src, progress=not args.quiet)
+    dataset = load_any_dataset(args.src, progress=not args.quiet)
     hidden = hide_actions(dataset, args.fraction, by=args.by, seed=args.seed)
     split = hidden.metadata["semi_supervised"]
     written = _write_derived(hidden, args)
@@ -429,7 +382,7 @@ def cmd_label(args: argparse.Namespace) -> int:
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as exc:
         raise UserError(f"--device {device!r} is not usable here: {exc}") from exc
-    dataset = _read_derived_or_source(args.src, progress=not args.quiet)
+    dataset = load_any_dataset(args.src, progress=not args.quiet)
     labelled = label_actions(dataset, config, device=device, progress=not args.quiet,
                              log=None if args.quiet else print)
     info = labelled.metadata["labelling"]

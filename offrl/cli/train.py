@@ -167,9 +167,9 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
 def _load_dataset(dataset_id: str, progress: bool):
     """A registered id, an id written by `offrl datasets hide-actions|label`, an .hdf5 file, a
     Minari dataset folder or minari:ID."""
-    from offrl.cli.datasets import _read_derived_or_source
+    from offrl.data.load import load_any_dataset
 
-    return _read_derived_or_source(dataset_id, progress=progress)
+    return load_any_dataset(dataset_id, progress=progress)
 
 
 # ---------------------------------------------------------------------------------- train

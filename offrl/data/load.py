@@ -172,3 +172,58 @@ def load_dataset(dataset: str | DatasetCard, *, progress: bool = True,
         data.metadata.update(meta)
     return data.validate(source=f"{card.id} ({path})", observation_shape=card.observation_shape,
                          action_shape=card.action_shape)
+
+
+# ---------------------------------------------------------------------------------- any source
+HDF5_SUFFIXES = (".hdf5", ".h5")
+MINARI_PREFIX = "minari:"
+
+
+def derived_dataset_path(dataset_id: str) -> Path:
+    """Where a derived dataset (made by `offrl datasets hide-actions|label` or a sweep) lives:
+    `$OFFRL_HOME/datasets/<id>/<id>.hdf5`."""
+    return dataset_cache_dir(dataset_id) / f"{dataset_id}.hdf5"
+
+
+def load_any_dataset(source: str, *, progress: bool = True, derived: bool = True) -> Dataset:
+    """A dataset from wherever `source` names it: minari:ID, a Minari dataset folder, an .hdf5
+    file, a registered dataset id, or (if `derived`) the id of a derived dataset in the cache.
+
+    Registered ids are loaded with their card (`load_dataset`); files and derived datasets
+    carry their own metadata. Raises UserError when `source` names none of these.
+    """
+    import difflib
+
+    from offrl.data.registry import list_cards
+
+    path = Path(source).expanduser()
+    if source.startswith(MINARI_PREFIX):
+        from offrl.data.minari_io import read_minari
+
+        return read_minari(source[len(MINARI_PREFIX):])
+    if path.is_dir():
+        from offrl.data.minari_io import read_minari
+
+        return read_minari(str(path))
+    if path.is_file():
+        if path.suffix not in HDF5_SUFFIXES:
+            raise UserError(f"{source}: not an .hdf5 file; expected an .hdf5 file, minari:ID, a "
+                            "Minari dataset folder or a dataset id")
+        from offrl.data.hdf5 import read_hdf5
+
+        return read_hdf5(path).validate(source=str(path))
+    ids = [c.id for c in list_cards()]
+    if source in ids:
+        return load_dataset(source, progress=progress)
+    if derived and "/" not in source and derived_dataset_path(source).is_file():
+        from offrl.data.hdf5 import read_hdf5
+
+        return read_hdf5(derived_dataset_path(source))
+    if path.suffix in HDF5_SUFFIXES:
+        raise UserError(f"{source}: no such file")
+    close = difflib.get_close_matches(source, ids, n=3)
+    hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+    also = (f", nor a derived dataset (no {derived_dataset_path(source)})"
+            if derived and "/" not in source else "")
+    raise UserError(f"{source!r} is not a file, a folder, minari:ID or a registered dataset "
+                    f"id{also}{hint}")

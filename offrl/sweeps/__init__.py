@@ -5,8 +5,9 @@
     result = run_sweep(suite, "sweeps/quick")  # local subprocesses (or backend="ray"), resumable
 
 Modules: `suite` (suite files), `jobs` (expansion), `manifest` (sweep.json and the folder lock),
-`status` (what a run directory says), `worker` (one job in one process), `local` and
-`ray_backend` (where jobs run), `runner` (scheduling, retries, progress, the report).
+`status` (what a run directory says), `derived` (the derived datasets of [conditions]), `worker`
+(one job in one process), `local` and `ray_backend` (where jobs run), `runner` (scheduling,
+retries, progress, the report).
 """
 
 from offrl.sweeps.jobs import Job, expand_suite

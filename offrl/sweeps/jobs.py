@@ -1,4 +1,6 @@
-"""Jobs: a suite expanded into one job per (algorithm, dataset), all seeds in one process.
+"""Jobs: a suite expanded into one job per (algorithm, dataset[, condition]), all seeds in one
+process. With [conditions], a job trains on the condition's dataset id (e.g. a derived
+`<id>-labelled10-lowest50-s0`) with the config of the [suite] dataset it is made from.
 
 A job is self-contained and JSON-able (its fully resolved config travels with it), so a worker
 needs neither the suite file nor the config files, which is what a Ray node on another machine
@@ -9,11 +11,12 @@ docs/run-directory.md, with a fixed last part so that a rerun finds it).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from offrl.sweeps.suite import Suite, SuiteError
+from offrl.sweeps.suite import Condition, Suite, SuiteError
 from offrl.training.run_dir import safe_dataset_dirname
 
 RUNS_DIR = "runs"
@@ -32,7 +35,8 @@ class Job:
     config_source: str | None
     """The config file it was read from (for the record), None for built-in defaults."""
     config_sha256: str
-    """sha256 of the resolved config's TOML: a rerun refuses a run dir made with another."""
+    """sha256 of the resolved config's TOML (and, on a derived dataset, of how it is made): a
+    rerun refuses a run dir made with another."""
 
     @property
     def id(self) -> str:
@@ -61,8 +65,10 @@ class Job:
                    config_sha256=data["config_sha256"])
 
 
-def resolve_job(suite: Suite, algorithm_name: str, dataset: str) -> Job:
-    """The job for one (algorithm, dataset) of `suite`, its config resolved and checked."""
+def resolve_job(suite: Suite, algorithm_name: str, dataset: str,
+                condition: Condition | None = None) -> Job:
+    """The job for one (algorithm, dataset) of `suite`, its config resolved and checked; with
+    a `condition`, on that condition's dataset made from `dataset` (with `dataset`'s config)."""
     from offrl.algos import get_algorithm
     from offrl.training.config import (ConfigError, SECTIONS, build_config,
                                        default_config_path, read_config_file)
@@ -79,13 +85,19 @@ def resolve_job(suite: Suite, algorithm_name: str, dataset: str) -> Job:
     except ConfigError as exc:
         raise SuiteError(f"{suite.path}: {entry.name} on {dataset}: {exc}") from None
     text = config.to_toml()
-    return Job(algo=entry.name, dataset=dataset, seeds=tuple(config.training.seeds),
+    recipe = condition.recipe() if condition is not None else []
+    if recipe:
+        text += f"\n# dataset {dataset}: {json.dumps(recipe, sort_keys=True)}\n"
+    train_on = condition.dataset_id(dataset) if condition is not None else dataset
+    return Job(algo=entry.name, dataset=train_on, seeds=tuple(config.training.seeds),
                steps=config.training.steps, config=config.to_dict(),
                config_source=str(Path(path).resolve()) if path is not None else None,
                config_sha256=hashlib.sha256(text.encode()).hexdigest())
 
 
 def expand_suite(suite: Suite) -> list[Job]:
-    """Every (algorithm, dataset) job of the suite, algorithms in the file's order, then
-    datasets: the jobs start in this order (put the slowest algorithm first)."""
-    return [resolve_job(suite, a.name, d) for a in suite.algorithms for d in suite.datasets]
+    """Every (algorithm, dataset[, condition]) job of the suite, algorithms in the file's
+    order, then datasets, then conditions: the jobs start in this order (put the slowest
+    algorithm first)."""
+    return [resolve_job(suite, a.name, d, c) for a in suite.algorithms
+            for d, c in suite.dataset_conditions()]

@@ -6,9 +6,13 @@ The sweep folder:
 
     <out>/sweep.json          the manifest: suite, every job's config hash, status, attempts
     <out>/suite.toml          a copy of the suite file as run
-    <out>/runs/<algo>/<dataset>/   one run directory per job (docs/run-directory.md)
+    <out>/runs/<algo>/<dataset>/   one run directory per job (docs/run-directory.md); with
+                              [conditions], <dataset> is the condition's (derived) id
     <out>/logs/<algo>--<dataset>.log   each job's output, every attempt appended
     <out>/report/             `offrl report` over the complete runs (report.md, table.md, …)
+
+Derived datasets of the suite's [conditions] are made first (those that unfinished jobs need),
+into the dataset cache, and reused when already there (`offrl.sweeps.derived`).
 
 Rerunning the same command skips complete jobs, resumes interrupted or killed ones from their
 latest checkpoint, and starts the rest; a job that fails is retried up to `retries` times per
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from offrl.errors import UserError
+from offrl.sweeps.derived import build_derived, derived_datasets
 from offrl.sweeps.jobs import Job, expand_suite
 from offrl.sweeps.manifest import RUNNING, Manifest, SweepLock, open_manifest
 from offrl.sweeps.status import logged_step, run_status
@@ -259,11 +264,14 @@ def run_sweep(suite: Suite, out: str | Path | None = None, *, backend: str = "lo
             if runner is not None:
                 getattr(runner, "warm_up", lambda: None)()  # overlaps with the dataset builds
             prepare_datasets(suite.datasets, progress=progress is not False, print_fn=print_fn)
+            build_derived(derived_datasets(suite, needed={j.dataset for j in todo}),
+                          device=device, progress=progress is not False, print_fn=print_fn)
             resuming = sum(run_status(out / j.run_dir) != "missing" for j in todo)
+            conditions = (f" × {len(suite.conditions)} conditions" if suite.conditions else "")
             print_fn(f"sweep {suite.label}: {len(jobs)} job(s) ({len(suite.algorithms)} "
-                     f"algorithms × {len(suite.datasets)} datasets, seeds {list(suite.seeds)} in "
-                     f"each job); {len(jobs) - len(todo)} complete, {resuming} to resume, "
-                     f"{len(todo) - resuming} to start; folder {out}")
+                     f"algorithms × {len(suite.datasets)} datasets{conditions}, seeds "
+                     f"{list(suite.seeds)} in each job); {len(jobs) - len(todo)} complete, "
+                     f"{resuming} to resume, {len(todo) - resuming} to start; folder {out}")
             if runner is not None:
                 limit = min(max_jobs or runner.capacity(), len(todo))
                 print_fn(f"backend {backend}: up to {limit} job(s) at once, "

@@ -29,18 +29,37 @@ one benchmark. A suite is a TOML file in `evaluation/suites/`, e.g. `quick.toml`
     used = "reduced"                    # if given: "standard" or the name of a variant
 
     [variants.reduced]                  # a named variant: `offrl sweep SUITE --variant reduced`
-    seeds = [0, 1, 2]                   # it may replace seeds, datasets, description,
-    [variants.reduced.training]         # and merge over [training], [algorithms.*] and [report]
-    steps = 100_000
+    seeds = [0, 1, 2]                   # it may replace seeds, datasets, description, and
+    [variants.reduced.training]         # merge over [training], [algorithms.*], [report] and
+    steps = 100_000                     # [conditions.*]
+
+Conditions (optional; the semi-supervised benchmark): every dataset is trained in every
+condition. A condition with no steps is the dataset as listed; `hide_actions` and `label` make
+a derived dataset (`offrl datasets hide-actions` / `label`, applied in that order) that the
+sweep builds before training, into the dataset cache, reusing one that is already there:
+
+    [conditions.all-actions]            # the dataset itself: <id>
+    [conditions.labelled-10pct]         # <id>-labelled10-lowest50-s0
+    hide_actions = { fraction = 0.1, from = "lowest-50%", seed = 0 }  # from, seed: optional
+    [conditions.labelled-proxy]         # <id>-labelled10-lowest50-s0-idm
+    hide_actions = { fraction = 0.1, from = "lowest-50%", seed = 0 }
+    label = { idm_config = "baselines/idm/default.toml", idm = { max_steps = 50_000 } }
+                                        # idm: optional overrides of the file's [idm] table
+
+Each condition's dataset id is distinct, so the report shows the conditions side by side (one
+row per dataset id). Jobs on a derived dataset use the config of the dataset it was made
+from, and their config hash covers the derivation, so a changed condition is not mixed into
+old runs.
 
 Configs: without `config`/`configs`, each (algorithm, dataset) uses the config `offrl train`
 would (`baselines/<algo>/<dataset>.toml`, else `baselines/<algo>/default.toml`). Relative
 config paths are looked up next to the suite file, then (for `baselines/…` paths) in the
 baselines folders. Seeds come only from `[suite] seeds`.
 
-Loading is strict: an unknown key, a value of the wrong type or an unknown algorithm raises
-`SuiteError` naming the file and the key. Dataset cards are not needed to load a suite (they
-are checked when a sweep starts), so a suite may name datasets whose cards are still to come.
+Loading is strict: an unknown key, a value of the wrong type, an unknown algorithm or a bad
+condition (fraction, range, IDM setting) raises `SuiteError` naming the file and the key.
+Dataset cards are not needed to load a suite (they are checked when a sweep starts), so a suite
+may name datasets whose cards are still to come.
 """
 
 from __future__ import annotations
@@ -57,10 +76,15 @@ from offrl.errors import UserError
 
 SUITES_ENV_VAR = "OFFRL_SUITES"
 SUITE_KEYS = ("name", "description", "datasets", "seeds")
-TOP_LEVEL_KEYS = ("suite", "training", "algorithms", "report", "protocol", "variants")
+TOP_LEVEL_KEYS = ("suite", "training", "algorithms", "report", "protocol", "conditions",
+                  "variants")
 ALGORITHM_KEYS = ("config", "configs", "training", "algo")
 REPORT_KEYS = ("reps", "figures")
-VARIANT_KEYS = ("description", "datasets", "seeds", "training", "algorithms", "report")
+VARIANT_KEYS = ("description", "datasets", "seeds", "training", "algorithms", "report",
+                "conditions")
+CONDITION_KEYS = ("hide_actions", "label")
+HIDE_ACTIONS_KEYS = ("fraction", "from", "seed")
+LABEL_KEYS = ("idm_config", "idm")
 
 
 class SuiteError(UserError, ValueError):
@@ -86,6 +110,57 @@ class AlgorithmEntry:
 
 
 @dataclass(frozen=True)
+class HideActions:
+    """Keep the actions of `fraction` of the trajectories, drawn from `by` (hide the rest)."""
+
+    fraction: float
+    by: str = "lowest-50%"
+    seed: int = 0
+
+    def dataset_id(self, source: str) -> str:
+        from offrl.data.semi_supervised import split_id
+
+        return split_id(source, self.fraction, self.by, self.seed)
+
+    def recipe(self) -> dict[str, Any]:
+        return {"hide_actions": {"fraction": self.fraction, "from": self.by, "seed": self.seed}}
+
+
+@dataclass(frozen=True)
+class LabelActions:
+    """Fill missing actions with an inverse dynamics model trained with `idm` (IDMConfig)."""
+
+    idm_config: Path
+    """The IDM config file named in the suite (for the record)."""
+    idm: dict[str, Any]
+    """The resolved IDM settings: the file's [idm] table with the suite's overrides."""
+
+    def dataset_id(self, source: str) -> str:
+        return f"{source}-idm"  # as offrl.data.labelling.label_actions names it
+
+    def recipe(self) -> dict[str, Any]:
+        return {"label": {"idm": self.idm}}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One form every dataset is trained in: as listed, or derived by its steps in order."""
+
+    name: str
+    steps: tuple[HideActions | LabelActions, ...] = ()
+
+    def dataset_id(self, source: str) -> str:
+        """The id jobs train on for [suite] dataset `source`."""
+        for step in self.steps:
+            source = step.dataset_id(source)
+        return source
+
+    def recipe(self) -> list[dict[str, Any]]:
+        """The steps as plain values (hashed into the jobs' config hash)."""
+        return [step.recipe() for step in self.steps]
+
+
+@dataclass(frozen=True)
 class ReportOptions:
     """How the report at the end of a sweep is built (see `offrl report`)."""
 
@@ -106,6 +181,8 @@ class Suite:
     training: dict[str, Any]
     report: ReportOptions
     protocol: dict[str, Any]
+    conditions: tuple[Condition, ...] = ()
+    """Empty: each dataset is trained as listed."""
     variant: str | None = None
     variants: tuple[str, ...] = ()
 
@@ -117,6 +194,11 @@ class Suite:
     def training_overrides(self, algorithm: AlgorithmEntry) -> dict[str, Any]:
         """The suite's [training] overrides for `algorithm`, seeds included."""
         return {**self.training, **algorithm.training, "seeds": list(self.seeds)}
+
+    def dataset_conditions(self) -> list[tuple[str, Condition | None]]:
+        """Every ([suite] dataset, condition) pair, datasets first; condition None when the
+        suite has no [conditions]."""
+        return [(d, c) for d in self.datasets for c in (self.conditions or (None,))]
 
 
 # ---------------------------------------------------------------------------------- finding
@@ -271,6 +353,73 @@ def _parse_algorithm(check: _Checker, name: str, raw: Any) -> AlgorithmEntry:
                           training=training, algo=algo)
 
 
+def _parse_hide_actions(check: _Checker, raw: Any, where: str) -> HideActions:
+    from offrl.data.dataset import DatasetError
+    from offrl.data.semi_supervised import parse_split_spec
+
+    table = check.table(raw, where, HIDE_ACTIONS_KEYS)
+    fraction = table.get("fraction")
+    if (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+            or not 0 < fraction <= 1):
+        raise check.fail(f"{where} fraction", f"must be a number in (0, 1] (a fraction of all "
+                                              f"trajectories); got {fraction!r}")
+    by = check.string(table.get("from", HideActions.by), f"{where} from")
+    try:
+        parse_split_spec(by)
+    except DatasetError as exc:
+        raise check.fail(f"{where} from", f"is not a range: {exc}") from None
+    seed = table.get("seed", HideActions.seed)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise check.fail(f"{where} seed", f"must be a non-negative integer; got {seed!r}")
+    return HideActions(fraction=float(fraction), by=by, seed=seed)
+
+
+def _parse_label(check: _Checker, raw: Any, where: str) -> LabelActions:
+    from offrl.data.labelling import IDMConfig, IDMConfigError
+
+    table = check.table(raw, where, LABEL_KEYS)
+    if "idm_config" not in table:
+        raise check.fail(where, "has no 'idm_config'; e.g. idm_config = "
+                                "\"baselines/idm/default.toml\"")
+    text = check.string(table["idm_config"], f"{where} idm_config")
+    try:
+        path = _resolve_config_path(text, check.path)
+    except SuiteError as exc:
+        raise check.fail(f"{where} idm_config", "names no file: " + str(exc).removeprefix(
+            f"{check.path}: config file ")) from None
+    overrides = check.table(table.get("idm"), f"{where} idm")
+    try:
+        base = IDMConfig.from_toml(path).to_dict()
+        config = IDMConfig.from_dict({**base, **overrides}, source=f"{check.path}: {where}")
+    except IDMConfigError as exc:
+        raise SuiteError(str(exc)) from None
+    return LabelActions(idm_config=path, idm=config.to_dict())
+
+
+def _parse_conditions(check: _Checker, raw: Any) -> tuple[Condition, ...]:
+    if raw is None:
+        return ()
+    table = check.table(raw, "[conditions]")
+    if not table:
+        raise check.fail("[conditions]", "is empty; add e.g. [conditions.all-actions] (or leave "
+                                         "[conditions] out to train each dataset as listed)")
+    conditions, ids = [], {}
+    for name, entry in table.items():
+        where = f"[conditions.{name}]"
+        entry = check.table(entry, where, CONDITION_KEYS)
+        steps: list[HideActions | LabelActions] = []
+        if "hide_actions" in entry:
+            steps.append(_parse_hide_actions(check, entry["hide_actions"], f"{where} hide_actions"))
+        if "label" in entry:
+            steps.append(_parse_label(check, entry["label"], f"{where} label"))
+        condition = Condition(name=name, steps=tuple(steps))
+        same = ids.setdefault(condition.dataset_id("<id>"), name)
+        if same != name:
+            raise check.fail(where, f"makes the same dataset as [conditions.{same}]")
+        conditions.append(condition)
+    return tuple(conditions)
+
+
 def parse_suite(data: dict[str, Any], path: Path, variant: str | None = None) -> Suite:
     """A Suite from a suite file's TOML tables (see the module docstring)."""
     from offrl.training.config import TrainingConfig
@@ -287,8 +436,8 @@ def parse_suite(data: dict[str, Any], path: Path, variant: str | None = None) ->
         chosen = variants[variant]
         data = _merge(data, {"suite": {k: chosen[k] for k in ("description", "datasets",
                                                               "seeds") if k in chosen},
-                             **{k: chosen[k] for k in ("training", "algorithms", "report")
-                                if k in chosen}})
+                             **{k: chosen[k] for k in ("training", "algorithms", "report",
+                                                       "conditions") if k in chosen}})
 
     suite = check.table(data.get("suite"), "[suite]", SUITE_KEYS)
     for key in ("datasets", "seeds"):
@@ -333,10 +482,12 @@ def parse_suite(data: dict[str, Any], path: Path, variant: str | None = None) ->
         raise check.fail("[protocol] used", f"is {used!r}; expected \"standard\" or a variant "
                                             f"({', '.join(variants) or 'none defined'})")
 
+    conditions = _parse_conditions(check, data.get("conditions"))
+
     return Suite(name=name, path=path, description=description, datasets=datasets,
                  seeds=seeds, algorithms=algorithms, training=training,
                  report=ReportOptions(reps=reps, figures=figures), protocol=protocol,
-                 variant=variant, variants=tuple(variants))
+                 conditions=conditions, variant=variant, variants=tuple(variants))
 
 
 def load_suite(name_or_path: str | os.PathLike, variant: str | None = None) -> Suite:

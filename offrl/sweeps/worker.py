@@ -51,7 +51,7 @@ def run_job(job: Job, run_dir: str | Path, *, threads: int = 1, device: str | No
         import torch
 
         from offrl.algos import get_algorithm
-        from offrl.data.load import load_dataset
+        from offrl.data.load import load_any_dataset
         from offrl.training.config import build_config
         from offrl.training.loop import train
 
@@ -60,7 +60,7 @@ def run_job(job: Job, run_dir: str | Path, *, threads: int = 1, device: str | No
         agent_cls = get_algorithm(job.algo)
         config = build_config(job.algo, agent_cls.config_class, job.config,
                               source=f"sweep job {job.id}")
-        dataset = load_dataset(job.dataset, progress=False)
+        dataset = load_any_dataset(job.dataset, progress=False)  # registered or derived id
         result = train(agent_cls, dataset, config, run_dir=run_dir, device=device,
                        progress=False, config_source=job.config_source, command=command,
                        print_fn=print_fn)
