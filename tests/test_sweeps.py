@@ -448,6 +448,8 @@ def test_shipped_semi_supervised_suite():
                                            "hopper-medium-v0-labelled10-lowest50-s0-idm"]
     assert all(j.config == hopper[0].config for j in hopper)  # the source dataset's config
     assert len({j.config_sha256 for j in hopper}) == 3        # the derivation is hashed in
+    cpu = load_suite("semi_supervised", variant="cpu")
+    assert len(expand_suite(cpu)) == 2 * 2 * 3 and {j.steps for j in expand_suite(cpu)} == {10_000}
     small = load_suite("semi_supervised", variant="small")
     assert small.datasets == ("hopper-random-100k-v0",) and len(expand_suite(small)) == 2 * 3
     label = small.conditions[2].steps[1]
@@ -492,6 +494,12 @@ def test_semi_supervised_sweep_end_to_end(semi_supervised, offrl_home):
     assert any(PROXY in line and "IDM held-out action MSE" in line for line in lines)
     table = (out / "report" / "table.md").read_text()
     assert all(d in table for d in (DATASET, HIDDEN, PROXY))  # side by side in the report
+    # ... and as conditions of one algorithm on the source dataset, compared pairwise
+    by_condition = read_json(out / "report-conditions" / "report.json")
+    assert by_condition["datasets"] == [DATASET]
+    assert by_condition["algorithms"] == [f"td3_bc · {c}" for c in
+                                          ("all-actions", "labelled-half", "labelled-proxy")]
+    assert len(by_condition["probability_of_improvement"]) == 3
 
     hidden, proxy = (load_any_dataset(d, progress=False) for d in (HIDDEN, PROXY))
     assert 0 < hidden.labelled.mean() < 1 and proxy.action_is_proxy.any()

@@ -10,6 +10,8 @@ The sweep folder:
                               [conditions], <dataset> is the condition's (derived) id
     <out>/logs/<algo>--<dataset>.log   each job's output, every attempt appended
     <out>/report/             `offrl report` over the complete runs (report.md, table.md, …)
+    <out>/report-conditions/  with [conditions]: the same runs as "<algo> · <condition>" on the
+                              [suite] datasets, so the conditions are compared over one task set
 
 Derived datasets of the suite's [conditions] are made first (those that unfinished jobs need),
 into the dataset cache, and reused when already there (`offrl.sweeps.derived`).
@@ -209,13 +211,31 @@ def _run_jobs(jobs: list[Job], todo: list[Job], out: Path, backend: Any, manifes
 
 
 # ---------------------------------------------------------------------------------- report
+def condition_labels(suite: Suite) -> dict[str, tuple[str, str]]:
+    """{dataset id a job trains on: ([suite] dataset it comes from, condition name)}; empty
+    when the suite has no [conditions]."""
+    return {c.dataset_id(source): (source, c.name)
+            for source, c in suite.dataset_conditions() if c is not None}
+
+
 def write_report(run_dirs: list[Path], out_dir: Path, *, reps: int, figures: bool,
-                 common_datasets: bool = False) -> Path:
-    """`offrl report` over `run_dirs` into `out_dir`; returns the path of report.md."""
+                 common_datasets: bool = False,
+                 conditions: dict[str, tuple[str, str]] | None = None) -> Path:
+    """`offrl report` over `run_dirs` into `out_dir`; returns the path of report.md.
+
+    conditions: from `condition_labels`; each run on a condition's dataset is reported as
+    algorithm "<algo> · <condition>" on its source dataset, so that aggregates, profiles and
+    probabilities of improvement compare the conditions over the same tasks."""
+    import dataclasses
+
     from offrl.evaluation.report import ReportSettings, build_report
     from offrl.evaluation.runs import load_runs
 
     runs = load_runs(run_dirs)
+    if conditions:
+        runs.runs = [dataclasses.replace(r, algo=f"{r.algo} · {conditions[r.dataset_id][1]}",
+                                         dataset_id=conditions[r.dataset_id][0])
+                     if r.dataset_id in conditions else r for r in runs.runs]
     build_report(runs, out_dir, ReportSettings(reps=reps, figures=figures,
                                                common_datasets=common_datasets))
     return out_dir / "report.md"
@@ -296,6 +316,10 @@ def run_sweep(suite: Suite, out: str | Path | None = None, *, backend: str = "lo
                     figures=suite.report.figures,
                     common_datasets=len(complete) < len(jobs)).relative_to(out))
                 result.report_dir = out / "report"
+                if suite.conditions:  # the conditions side by side over the same datasets
+                    write_report(complete, out / "report-conditions", reps=suite.report.reps,
+                                 figures=suite.report.figures, common_datasets=True,
+                                 conditions=condition_labels(suite))
             except UserError as exc:
                 result.warnings.append(f"no report: {exc}")
         manifest.save()
