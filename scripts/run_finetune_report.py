@@ -50,7 +50,7 @@ def tiny_dataset():
     return data
 
 
-def offline_run(algo, data, out: Path, seeds, steps, tiny, log):
+def offline_run(algo, data, out: Path, seeds, steps, tiny, log, hidden=None):
     from offrl.algos import get_algorithm
     from offrl.training.config import default_config_path, load_config
     from offrl.training.loop import train
@@ -61,13 +61,16 @@ def offline_run(algo, data, out: Path, seeds, steps, tiny, log):
     if info.is_file() and json.loads(info.read_text()).get("status") == "complete":
         return run_dir
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
-    algo_over = {f: [32, 32] for f in fields if f.endswith("hidden_dims")} if tiny else {}
+    dims = [32, 32] if tiny else hidden
+    algo_over = {f: list(dims) for f in fields if f.endswith("hidden_dims")} if dims else {}
     if tiny and "cql_n_actions" in fields:
         algo_over["cql_n_actions"] = 4
     training = dict(steps=steps, seeds=list(seeds), tensorboard=False)
     if tiny:
         training.update(batch_size=64, eval_every=steps, eval_episodes=5, log_every=100,
                         checkpoint_every=steps)
+    else:  # only the end of the offline phase is scored here
+        training.update(eval_every=steps, checkpoint_every=steps)
     source = default_config_path(algo, data.metadata["dataset_id"])
     config = load_config(algo, cls.config_class, source, training_overrides=training,
                          algo_overrides=algo_over)
@@ -88,6 +91,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "finetune-report"))
     p.add_argument("--report", default=str(REPO / "evaluation" / "reports" / "finetune.md"))
     p.add_argument("--reps", type=int, default=20_000, help="bootstrap resamples")
+    p.add_argument("--hidden", type=int, nargs="+", default=None,
+                   help="hidden sizes of every network (default: the baselines' configs)")
+    p.add_argument("--online-evals", type=int, default=None,
+                   help="evaluations during the online phase (default: the finetune configs)")
     args = p.parse_args(argv)
     if not args.tiny and not args.datasets:
         p.error("give --datasets ID ... or --tiny")
@@ -118,19 +125,21 @@ def main(argv=None) -> int:
         for method in args.methods:
             algo = method
             try:
-                run = offline_run(algo, data, out, seeds, offline_steps, args.tiny, log)
+                run = offline_run(algo, data, out, seeds, offline_steps, args.tiny, log, args.hidden)
             except UserError as exc:
                 if algo != "cal_ql" or "return-to-go" not in str(exc):
                     raise
-                run = offline_run("cql", data, out, seeds, offline_steps, args.tiny, log)
+                run = offline_run("cql", data, out, seeds, offline_steps, args.tiny, log, args.hidden)
                 notes.append(f"{did}: Cal-QL's offline phase ran as CQL (the offline loop does not "
                              "supply returns-to-go yet); the online phase is Cal-QL.")
             cls = get_algorithm(algo)
             algo_values, fc = read_finetune_file(REPO / "baselines" / algo / "default-finetune.toml",
                                                  cls.config_class)
             fc = dataclasses.replace(fc, online_steps=online_steps,
-                                     eval_every=max(1, online_steps // 6) if args.tiny else 0,
-                                     eval_episodes=5 if args.tiny else 0,
+                                     eval_every=(max(1, online_steps // 6) if args.tiny else
+                                                 max(1, online_steps // args.online_evals)
+                                                 if args.online_evals else fc.eval_every),
+                                     eval_episodes=5 if args.tiny else fc.eval_episodes,
                                      log_every=500 if args.tiny else fc.log_every,
                                      checkpoint_every=online_steps if args.tiny else fc.checkpoint_every)
             t = time.time()
@@ -163,7 +172,9 @@ def main(argv=None) -> int:
              "pipeline; they say nothing about the methods on MuJoCo locomotion."
              if args.tiny else
              f"**Scale:** {', '.join(dids)}; {offline_steps} offline updates, {online_steps} online "
-             f"env steps per seed, {len(seeds)} seeds.")
+             f"env steps per seed, {len(seeds)} seeds"
+             + (f", {'×'.join(map(str, args.hidden))} networks (reduced from CORL's to fit 2 CPU "
+                "cores)" if args.hidden else "") + ".")
     lines += [scale, "",
               "Produced by `python scripts/run_finetune_report.py "
               + (" ".join(sys.argv[1:]) if argv is None else " ".join(argv)) + "`.", "",
