@@ -324,6 +324,35 @@ def test_killed_sweep_rerun_finishes_only_what_was_missing(setup, capsys):
     assert len(steps) == len(set(steps)) == 4 * 2 * 2  # every evaluation once, none repeated
 
 
+def test_sigterm_stops_a_background_sweep_and_its_jobs(setup):
+    """`nohup offrl sweep … &` inherits SIGINT as ignored; SIGTERM to the sweep must still stop
+    it like Ctrl-C: its job checkpoints and stops, nothing is left running."""
+    tmp_path, path = setup
+    path.write_text(SUITE.replace("[algorithms.iql.algo]",
+                                  "[algorithms.iql.training]\nsteps = 2000\neval_every = 500\n\n"
+                                  "[algorithms.iql.algo]"))
+    out = tmp_path / "sweep"
+    iql_run = out / f"runs/iql/{DATASET}"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "offrl", "sweep", str(path), "--out", str(out), "--jobs", "2",
+         "--no-progress", "--no-report"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while not (iql_run / "checkpoints" / "latest.pt").is_file():
+            assert time.monotonic() < deadline and sweep.poll() is None, "sweep did not get going"
+            time.sleep(0.05)
+        sweep.send_signal(signal.SIGTERM)  # the sweep only, as `kill PID` does
+        assert sweep.wait(timeout=60) != 0
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+            sweep.wait()
+    assert read_json(iql_run / "run.json")["status"] == "interrupted"
+    assert read_json(out / "sweep.json")["jobs"][f"iql/{DATASET}"]["status"] == "interrupted"
+
+
 # ---------------------------------------------------------------------------------- Ray
 def _layout(out: Path) -> set[str]:
     return {str(p.relative_to(out)) for p in (out / "runs").rglob("*") if p.is_file()}

@@ -11,7 +11,6 @@ of the current step with a checkpoint, status "interrupted").
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import traceback
@@ -78,9 +77,12 @@ def run_job(job: Job, run_dir: str | Path, *, threads: int = 1, device: str | No
 def _stop_gracefully_on_sigterm() -> None:
     """SIGTERM (e.g. the sweep that started us died) stops like Ctrl-C: with a checkpoint."""
     def handler(signum: int, frame: Any) -> None:
-        os.kill(os.getpid(), signal.SIGINT)
+        raise KeyboardInterrupt(f"signal {signum}")
 
+    # Raise directly rather than re-sending SIGINT: a job started from a background shell
+    # inherits SIGINT as ignored, and the sweep's stop() sends SIGINT, so handle both.
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
