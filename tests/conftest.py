@@ -8,8 +8,11 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def _one_thread():
+    """Before every test: CLI entry points run in-process (`offrl train`, `datasets build`) set
+    torch's thread count for their own run, which would otherwise leak into the next test of
+    the worker (bit-for-bit tests compare runs made under one thread count)."""
     try:
         import torch
     except ImportError:  # pragma: no cover
