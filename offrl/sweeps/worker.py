@@ -75,7 +75,8 @@ def run_job(job: Job, run_dir: str | Path, *, threads: int = 1, device: str | No
 
 
 def _stop_gracefully_on_sigterm() -> None:
-    """SIGTERM (e.g. the sweep that started us died) and SIGINT stop like Ctrl-C: with a checkpoint."""
+    """SIGTERM (e.g. the sweep that started us died) and SIGINT stop like Ctrl-C: with a
+    checkpoint."""
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
