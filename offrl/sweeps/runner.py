@@ -29,9 +29,10 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from offrl.errors import UserError
 from offrl.sweeps.derived import build_derived, derived_datasets
@@ -39,6 +40,7 @@ from offrl.sweeps.jobs import Job, expand_suite
 from offrl.sweeps.manifest import RUNNING, Manifest, SweepLock, open_manifest
 from offrl.sweeps.status import logged_step, run_status
 from offrl.sweeps.suite import Suite
+from offrl.sweeps.worker import raise_interrupt
 from offrl.training.run_dir import STATUS_COMPLETE, STATUS_INTERRUPTED, utc_now
 
 BACKENDS = ("local", "ray")
@@ -244,25 +246,22 @@ def write_report(run_dirs: list[Path], out_dir: Path, *, reps: int, figures: boo
 
 
 # ---------------------------------------------------------------------------------- the sweep
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def interrupt_on_signals() -> Callable[[], None]:
-    """Make SIGINT and SIGTERM stop the sweep like Ctrl-C (running jobs checkpoint and stop).
+@contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """Inside: SIGINT and SIGTERM stop the sweep like Ctrl-C (running jobs checkpoint and stop).
 
     A sweep started in the background (`nohup offrl sweep … &`) inherits SIGINT as *ignored*,
-    and SIGTERM's default would kill it without stopping its jobs. Returns a function that
-    restores the previous handlers; a no-op off the main thread (signals cannot be set there)."""
+    and SIGTERM's default would kill it without stopping its jobs. The previous handlers are
+    restored on the way out; a no-op off the main thread (signals cannot be set there)."""
     if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def restore() -> None:
+        yield
+        return
+    previous = {s: signal.signal(s, raise_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-    return restore
 
 
 def run_sweep(suite: Suite, out: str | Path | None = None, *, backend: str = "local",
@@ -289,21 +288,7 @@ def run_sweep(suite: Suite, out: str | Path | None = None, *, backend: str = "lo
     out = Path(out) if out is not None else default_out(suite)
     jobs = expand_suite(suite)
     check_datasets(suite)
-    restore_signals = interrupt_on_signals()
-    try:
-        return _run_sweep_locked(suite, out, jobs, backend=backend, address=address,
-                                 max_jobs=max_jobs, retries=retries,
-                                 threads_per_job=threads_per_job, device=device, report=report,
-                                 progress=progress, print_fn=print_fn)
-    finally:
-        restore_signals()
-
-
-def _run_sweep_locked(suite: Suite, out: Path, jobs: list[Job], *, backend: str,
-                      address: str | None, max_jobs: int | None, retries: int,
-                      threads_per_job: int, device: str | None, report: bool,
-                      progress: bool | None, print_fn: Callable[[str], None]) -> SweepResult:
-    with SweepLock(out):
+    with interrupt_on_signals(), SweepLock(out):
         manifest = open_manifest(out, suite.label, str(suite.path), backend, suite.protocol,
                                  jobs)
         shutil.copyfile(suite.path, out / "suite.toml")

@@ -74,16 +74,18 @@ def run_job(job: Job, run_dir: str | Path, *, threads: int = 1, device: str | No
                           error or f"{type(exc).__name__}: {exc}")
 
 
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that stops whatever runs as Ctrl-C does (KeyboardInterrupt)."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _stop_gracefully_on_sigterm() -> None:
     """SIGTERM (e.g. the sweep that started us died) and SIGINT stop like Ctrl-C: with a
     checkpoint."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
     # Raise directly rather than re-sending SIGINT: a job started from a background shell
     # inherits SIGINT as ignored, and the sweep's stop() sends SIGINT, so handle both.
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    signal.signal(signal.SIGINT, raise_interrupt)
 
 
 def main(argv: list[str] | None = None) -> int:
