@@ -72,9 +72,9 @@ def copy_runs(sweep: Path, manifest: dict, dest: Path, allow_incomplete: bool) -
     """Copy every job's run files into dest/runs/<algo>/<dataset>/; returns the copied dirs."""
     from offrl.sweeps.status import run_status
 
-    missing = {job_id: run_status(sweep / job["run_dir"])
-               for job_id, job in manifest["jobs"].items()
-               if run_status(sweep / job["run_dir"]) != "complete"}
+    statuses = {job_id: run_status(sweep / job["run_dir"])
+                for job_id, job in manifest["jobs"].items()}
+    missing = {job_id: s for job_id, s in statuses.items() if s != "complete"}
     if missing and not allow_incomplete:
         raise SystemExit(f"error: {sweep}: {len(missing)} job(s) not complete: "
                          + ", ".join(f"{j} ({s})" for j, s in missing.items())
