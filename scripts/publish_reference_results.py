@@ -29,14 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from offrl.evaluation.report import format_interval, improvement_from_report  # noqa: E402
+
 RUN_FILES = ("run.json", "config.toml", "evaluations.csv", "metrics.csv", "normalization.json")
 REPORT_FILES = ("report.md", "table.md", "table.csv", "report.json", "scores.csv",
                 "probability_of_improvement.csv")
 FIGURES = ("aggregates", "profiles", "probability_of_improvement", "learning_curves")
-
-
-def fmt(iv: dict, digits: int = 1) -> str:
-    return f"{iv['point']:.{digits}f} [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
 
 
 def minutes(start: str | None, end: str | None) -> float | None:
@@ -124,30 +122,21 @@ def front_page(name: str, manifest: dict, report: dict, suite_file: str, command
     ]
     for a in algorithms:
         agg = report["aggregates"][a]
-        lines.append(f"| {a} | {fmt(agg['IQM'])} | {fmt(agg['Mean'])} | {fmt(agg['Median'])} | "
-                     f"{fmt(agg['Optimality Gap'])} |")
+        lines.append(f"| {a} | {format_interval(agg['IQM'])} | {format_interval(agg['Mean'])} | {format_interval(agg['Median'])} | "
+                     f"{format_interval(agg['Optimality Gap'])} |")
     lines += ["", "## Probability of improvement (row over column)", "",
               "| P(X > Y) | " + " | ".join(algorithms) + " |",
               "|:---|" + "---:|" * len(algorithms)]
-    poi = {(p["x"], p["y"]): p for p in report["probability_of_improvement"]}
     for x in algorithms:
-        cells = []
-        for y in algorithms:
-            if x == y:
-                cells.append("—")
-            elif (x, y) in poi:
-                cells.append(fmt(poi[(x, y)], 2))
-            else:
-                p = poi[(y, x)]
-                cells.append(fmt({"point": 1 - p["point"], "low": 1 - p["high"],
-                                  "high": 1 - p["low"]}, 2))
+        cells = ["—" if x == y else format_interval(improvement_from_report(report, x, y), 2)
+                 for y in algorithms]
         lines.append(f"| {x} | " + " | ".join(cells) + " |")
     lines += ["", "## Per dataset (mean over seeds)", "",
               "| dataset | " + " | ".join(algorithms) + " |",
               "|:---|" + "---:|" * len(algorithms)]
     for d in datasets:
         lines.append(f"| {d} | " + " | ".join(
-            fmt(report["per_dataset"][a][d]) if d in report["per_dataset"].get(a, {}) else "—"
+            format_interval(report["per_dataset"][a][d]) if d in report["per_dataset"].get(a, {}) else "—"
             for a in algorithms) + " |")
     lines += ["", "## Figures", ""]
     lines += [f"![{stem}]({name}/{stem}.png)" for stem in FIGURES]

@@ -23,17 +23,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from offrl.evaluation.report import format_interval, improvement_from_report  # noqa: E402
+from offrl.evaluation.stats import Interval  # noqa: E402
+
 FIGURES = ("aggregates", "probability_of_improvement", "profiles")
 
 
-def fmt(iv: dict, digits: int = 1) -> str:
-    return f"{iv['point']:.{digits}f} [{iv['low']:.{digits}f}, {iv['high']:.{digits}f}]"
-
-
-def verdict(iv: dict, better: str, worse: str, same: str) -> str:
-    if iv["low"] > 0.5:
+def verdict(iv: Interval, better: str, worse: str, same: str) -> str:
+    if iv.low > 0.5:
         return better
-    if iv["high"] < 0.5:
+    if iv.high < 0.5:
         return worse
     return same
 
@@ -57,14 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(conditions) != 3:
         print(f"error: {source}: expected 3 conditions, found {conditions}", file=sys.stderr)
         return 2
-    poi = {(p["x"], p["y"]): p for p in report["probability_of_improvement"]}
 
-    def p_improve(x: str, y: str) -> dict:
-        if (x, y) in poi:
-            return poi[(x, y)]
-        flipped = poi[(y, x)]
-        return {"point": 1 - flipped["point"], "low": 1 - flipped["high"],
-                "high": 1 - flipped["low"]}
+    def p_improve(x: str, y: str) -> Interval:
+        return improvement_from_report(report, x, y)
 
     seeds = sorted({s["seed"] for s in report["scores"]})
     steps = sorted({s["step"] for s in report["scores"]})
@@ -95,19 +91,19 @@ def main(argv: list[str] | None = None) -> int:
         ca, cb, ab = p_improve(c, a), p_improve(c, b), p_improve(a, b)
         m = verdict(ca, "is better than", "is worse than", "matches")
         n = verdict(cb, "beats", "is worse than", "does not beat (no clear difference from)")
-        lines.append(f"- **{algo}**: (c) {m} (a): P(c > a) = {fmt(ca, 2)}; (c) {n} (b): "
-                     f"P(c > b) = {fmt(cb, 2)}. For reference P(a > b) = {fmt(ab, 2)}.")
+        lines.append(f"- **{algo}**: (c) {m} (a): P(c > a) = {format_interval(ca, 2)}; (c) {n} (b): "
+                     f"P(c > b) = {format_interval(cb, 2)}. For reference P(a > b) = {format_interval(ab, 2)}.")
     lines += ["", "## Aggregate scores (IQM over datasets × seeds, 95% intervals)", "",
               "| algorithm | " + " | ".join(f"({k}) {c}" for k, c in zip("abc", conditions)) + " |",
               "|:---|---:|---:|---:|"]
     for algo in algorithms:
-        cells = [fmt(report["aggregates"][f"{algo} · {k}"]["IQM"]) for k in conditions]
+        cells = [format_interval(report["aggregates"][f"{algo} · {k}"]["IQM"]) for k in conditions]
         lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += ["", "## Per dataset (mean normalised score over seeds, 95% intervals)", "",
               "| dataset | algorithm | (a) | (b) | (c) |", "|:---|:---|---:|---:|---:|"]
     for d in report["datasets"]:
         for algo in algorithms:
-            cells = [fmt(report["per_dataset"][f"{algo} · {k}"][d]) for k in conditions]
+            cells = [format_interval(report["per_dataset"][f"{algo} · {k}"][d]) for k in conditions]
             lines.append(f"| {d} | {algo} | " + " | ".join(cells) + " |")
 
     # the IDM's held-out error, from the labelled datasets' metadata

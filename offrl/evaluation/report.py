@@ -51,8 +51,22 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
 
-def _fmt(iv: stats.Interval, digits: int = 1) -> str:
+def format_interval(iv: stats.Interval | dict, digits: int = 1) -> str:
+    """``"point [low, high]"``, from an Interval or its report.json form (a dict with the same keys)."""
+    if isinstance(iv, dict):
+        iv = stats.Interval(iv["point"], iv["low"], iv["high"])
     return f"{iv.point:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
+
+
+def improvement_from_report(report: dict, x: str, y: str) -> stats.Interval:
+    """P(x > y) with its interval from a report.json, which stores each pair once: the reverse
+    pair is read as P(x > y) = 1 - P(y > x), its interval flipped the same way."""
+    for p in report["probability_of_improvement"]:
+        if (p["x"], p["y"]) == (x, y):
+            return stats.Interval(p["point"], p["low"], p["high"])
+        if (p["x"], p["y"]) == (y, x):
+            return stats.Interval(1 - p["point"], 1 - p["high"], 1 - p["low"])
+    raise KeyError(f"report has no probability of improvement for {x!r} vs {y!r}")
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -175,12 +189,12 @@ def build_report(runs: RunSet, out_dir: str | Path,
                             table_rows))
     dataset_md = _markdown_table(
         ["dataset"] + algorithms,
-        [[dataset] + [f"{_fmt(per_dataset[a][d])} (n={len(columns[a][d])})" for a in algorithms]
+        [[dataset] + [f"{format_interval(per_dataset[a][d])} (n={len(columns[a][d])})" for a in algorithms]
          for d, dataset in enumerate(datasets)])
     aggregate_md = _markdown_table(
         ["aggregate"] + algorithms,
         [[m + (f" (γ={s.gamma:g})" if m == "Optimality Gap" else "")]
-         + [_fmt(aggregates[a][m]) for a in algorithms] for m in stats.AGGREGATE_METRICS])
+         + [format_interval(aggregates[a][m]) for a in algorithms] for m in stats.AGGREGATE_METRICS])
     caption = (f"Normalized score (×100) at the last evaluation; point estimate [{pct} "
                f"stratified-bootstrap percentile interval, {s.reps} replicates, seed {s.seed}]. "
                "n = seeds.")
@@ -194,7 +208,7 @@ def build_report(runs: RunSet, out_dir: str | Path,
             out_dir / "probability_of_improvement.csv", ["x", "y", "point", "low", "high"],
             [[x, y, iv.point, iv.low, iv.high] for (x, y), iv in poi.items()]))
         poi_md = _markdown_table(["X", "Y", f"P(X > Y) [{pct} CI]"],
-                                 [[x, y, _fmt(iv, 2)] for (x, y), iv in poi.items()])
+                                 [[x, y, format_interval(iv, 2)] for (x, y), iv in poi.items()])
 
     score_rows = []
     for run in runs.runs:
