@@ -177,3 +177,23 @@ def test_seed_streams_are_independent_and_stable():
     assert torch.equal(torch.rand(5, generator=a[1]), torch.rand(5, generator=b[0]))
     with pytest.raises(ValueError, match="non-negative"):
         derive_seed(-1, "init")
+
+
+def test_bf16_compute_keeps_fp32_weights_and_close_gradients():
+    torch.manual_seed(0)
+    net = _init_all(EnsembleMLP(14, 1, (256, 256), members=4))
+    low = copy.deepcopy(net).set_compute_dtype(torch.bfloat16)
+    x = torch.randn(4, 256, 14)
+    y, y_low = net(x), low(x)
+    assert y_low.dtype == torch.float32
+    torch.testing.assert_close(y_low, y, rtol=0, atol=0.02 * y.abs().max().item())
+    assert not torch.equal(y_low, y)  # the matmuls really ran in bf16
+    (y ** 2).mean().backward()
+    (y_low ** 2).mean().backward()
+    for p, q in zip(net.parameters(), low.parameters()):
+        assert q.dtype == torch.float32 and q.grad.dtype == torch.float32
+        cos = torch.nn.functional.cosine_similarity(p.grad.flatten(), q.grad.flatten(), dim=0)
+        assert cos > 0.99, cos
+    assert low.set_compute_dtype(None).compute_dtype is None
+    with pytest.raises(NotImplementedError, match="plain ReLU"):
+        EnsembleMLP(3, 1, (8,), members=2, layer_norm=True).set_compute_dtype(torch.bfloat16)

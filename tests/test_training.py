@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from offrl.algos.td3_bc import TD3BC
+from offrl.algos.iql import IQL
 from offrl.data.dataset import Dataset
 from offrl.errors import UserError
 from offrl.training.checkpoint import load_checkpoint
@@ -292,3 +293,37 @@ def test_resume_refuses_a_different_config_and_finishes_idempotently(dataset, tm
     again = train(TD3BC, dataset, None, run_dir=run, progress=False, print_fn=printed.append)
     assert again.status == "complete" and any("already complete" in p for p in printed)
     np.testing.assert_array_equal(again.returns, done.returns)
+
+
+@pytest.mark.parametrize("agent_cls", [TD3BC, IQL], ids=lambda c: c.name)
+def test_bf16_precision_is_recorded_applied_and_resumes_exactly(dataset, tmp_path, agent_cls):
+    kw = dict(progress=False, print_fn=quiet)
+    cfg = lambda **t: tiny_config(agent_cls, steps=200, **t)  # noqa: E731
+    # fp32, the default, is left out of config.toml (configs from before the key keep their hash)
+    assert "precision" not in cfg().to_toml()
+    assert 'precision = "bf16"' in cfg(precision="bf16").to_toml()
+
+    train(agent_cls, dataset, cfg(), run_dir=tmp_path / "fp32", **kw)
+    train(agent_cls, dataset, cfg(precision="bf16"), run_dir=tmp_path / "bf16", **kw)
+    stopped = train(agent_cls, dataset, cfg(precision="bf16"), run_dir=tmp_path / "stopped",
+                    stop_at_step=150, **kw)
+    assert stopped.status == "interrupted"
+    train(agent_cls, dataset, None, run_dir=tmp_path / "stopped", **kw)  # reads precision back
+
+    state = lambda name: load_checkpoint(tmp_path / name / "checkpoints" / "latest.pt")["agent"]  # noqa: E731
+    assert same_state(state("stopped"), state("bf16"))
+    assert not same_state(state("fp32"), state("bf16"))  # bf16 compute really ran
+    stored = tomllib.loads((tmp_path / "bf16" / "config.toml").read_text())
+    assert stored["training"]["precision"] == "bf16"
+
+
+def test_bf16_precision_is_refused_where_an_agent_has_no_bf16_path(dataset, tmp_path):
+    from offrl.algos.cql import CQL
+
+    with pytest.raises(UserError, match="precision.*bf16.*cql"):
+        train(CQL, dataset, tiny_config(CQL, precision="bf16"), run_dir=tmp_path / "r",
+              progress=False, print_fn=quiet)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match=r"p\.toml.*precision.*'fp16'"):
+        load_config("td3_bc", TD3BC.config_class, write(tmp_path / "p.toml",
+                                                        '[training]\nprecision = "fp16"\n'))

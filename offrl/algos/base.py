@@ -76,6 +76,10 @@ class Agent(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # The attributes holding the EnsembleMLPs that `set_precision("bf16")` switches to bf16
+    # compute; empty: the agent trains in fp32 only (CQL's critic has its own hand-written
+    # backward).
+    bf16_networks: ClassVar[tuple[str, ...]] = ()
 
     seeds: list[int]
     step: int
@@ -83,6 +87,18 @@ class Agent(abc.ABC):
     @property
     def num_members(self) -> int:
         return len(self.seeds)
+
+    def set_precision(self, precision: str) -> None:
+        """"fp32", or "bf16": matmuls, activations and gradients of `bf16_networks` in bfloat16,
+        their fp32 weights and optimiser state kept as the master copy."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
+        if precision == "bf16" and not self.bf16_networks:
+            raise ValueError(f"{self.name} trains in fp32 only (precision 'bf16' is offered by "
+                             "the agents that list bf16_networks: td3_bc, iql)")
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        for attr in self.bf16_networks:
+            getattr(self, attr).set_compute_dtype(dtype)
 
     @classmethod
     def adapt_config(cls, config: Any, *, total_steps: int) -> Any:

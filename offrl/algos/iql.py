@@ -105,6 +105,7 @@ class IQL(Agent):
 
     name: ClassVar[str] = "iql"
     config_class: ClassVar[type] = IQLConfig
+    bf16_networks: ClassVar[tuple[str, ...]] = ("qf", "q_target", "vf", "actor")
     num_critics: ClassVar[int] = 2
 
     @classmethod

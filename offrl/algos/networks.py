@@ -275,6 +275,19 @@ class EnsembleMLP(nn.Module):
         self._out_act = None if output_activation is None else _ACTIVATIONS[output_activation]
         # Plain ReLU MLPs (every network of TD3+BC, IQL and CQL) run as one autograd node.
         self.fused = self._relu and not layer_norm
+        # The dtype the fused node computes in (None: the parameters' own). torch.bfloat16
+        # runs the matmuls, activations and gradients in bf16 against fp32 master weights: the
+        # parameters, optimiser state, inputs and outputs stay fp32 (see `set_compute_dtype`).
+        self.compute_dtype: torch.dtype | None = None
+
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> "EnsembleMLP":
+        """Compute the forward and backward in `dtype` (e.g. torch.bfloat16, where the CPU has
+        bf16 instructions: AVX512-BF16 or AMX) with fp32 weights kept as the master copy; None
+        restores full precision. Plain ReLU MLPs only."""
+        if dtype is not None and not self.fused:
+            raise NotImplementedError("a compute dtype needs a plain ReLU MLP (no layer norm)")
+        self.compute_dtype = dtype
+        return self
 
     def forward(self, x: torch.Tensor, members: slice | None = None,
                 detach_params: bool = False) -> torch.Tensor:
@@ -290,7 +303,12 @@ class EnsembleMLP(nn.Module):
                 params = [p[members] for p in params]
             if detach_params:
                 params = [p.detach() for p in params]
-            x = _ReluMLPFn.apply(x, *params)
+            dtype = self.compute_dtype
+            if dtype is not None and dtype != x.dtype:
+                # The casts are autograd ops: gradients come back to the fp32 weights as fp32.
+                x = _ReluMLPFn.apply(x.to(dtype), *[p.to(dtype) for p in params]).to(x.dtype)
+            else:
+                x = _ReluMLPFn.apply(x, *params)
             return x if self._out_act is None else self._out_act(x)
         layers = self.layers
         last = len(layers) - 1

@@ -90,6 +90,7 @@ class TD3BC(Agent):
 
     name: ClassVar[str] = "td3_bc"
     config_class: ClassVar[type] = TD3BCConfig
+    bf16_networks: ClassVar[tuple[str, ...]] = ("actor", "critic", "actor_target", "critic_target")
     num_critics: ClassVar[int] = 2
 
     def __init__(self, config: TD3BCConfig, observation_dim: int, action_dim: int,

@@ -68,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="gradient steps between evaluations (0: only at the end)")
     p.add_argument("--eval-episodes", type=int, metavar="N",
                    help="episodes per seed per evaluation")
+    p.add_argument("--precision", choices=("fp32", "bf16"),
+                   help="fp32 (default), or bf16 compute with fp32 master weights: ~1.7x faster "
+                        "on CPUs with AVX512-BF16/AMX; td3_bc and iql ([training] precision)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu; a resumed "
                         "run keeps its device)")
@@ -205,7 +208,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seed_list is not None:
         training["seeds"] = parse_seed_list(args.seed_list)
     for flag, key in (("steps", "steps"), ("eval_every", "eval_every"),
-                      ("eval_episodes", "eval_episodes")):
+                      ("eval_episodes", "eval_episodes"), ("precision", "precision")):
         if getattr(args, flag) is not None:
             training[key] = getattr(args, flag)
     sets = parse_set(args.set)

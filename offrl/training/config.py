@@ -32,6 +32,7 @@ from offrl.errors import UserError
 
 NORMALIZE_REWARD_MODES = ("none", "return_range")
 TRANSITION_VIEWS = ("qlearning", "recorded")
+PRECISIONS = ("fp32", "bf16")
 SECTIONS = ("algo", "training")
 
 
@@ -85,6 +86,10 @@ class TrainingConfig:
     observation (Minari-style data; falls back to "qlearning" when none was recorded)."""
     tensorboard: bool = True
     """Write TensorBoard events to tensorboard/ when the tensorboard package is installed."""
+    precision: str = "fp32"
+    """"fp32", or "bf16": the networks' matmuls, activations and gradients in bfloat16 against
+    fp32 master weights and optimiser state (about 1.7x the updates/s of fp32 on a CPU with
+    AVX512-BF16 or AMX; TD3+BC and IQL). Results differ from fp32 beyond float rounding."""
 
     def validate(self, source: str = "<training config>") -> "TrainingConfig":
         def fail(key: str, problem: str) -> ConfigError:
@@ -108,6 +113,9 @@ class TrainingConfig:
         if self.transitions not in TRANSITION_VIEWS:
             raise fail("transitions", f"is {self.transitions!r}; expected one of "
                        f"{', '.join(map(repr, TRANSITION_VIEWS))}")
+        if self.precision not in PRECISIONS:
+            raise fail("precision", f"is {self.precision!r}; expected one of "
+                       f"{', '.join(map(repr, PRECISIONS))}")
         if not self.state_std_eps >= 0:
             raise fail("state_std_eps", f"must be 0 or positive; got {self.state_std_eps}")
         for key in ("return_range_scale", "reward_scale", "reward_bias"):
@@ -125,7 +133,12 @@ class RunConfig:
     training: TrainingConfig
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {"algo": to_plain(self.algo), "training": to_plain(self.training)}
+        training = to_plain(self.training)
+        if training.get("precision") == "fp32":
+            # The default is left out, so every config written before the key existed keeps
+            # its text and sha256 (sweeps skip complete jobs by that hash).
+            del training["precision"]
+        return {"algo": to_plain(self.algo), "training": training}
 
     def to_toml(self) -> str:
         """The config as a TOML file that `load_config` reads back to an equal RunConfig."""

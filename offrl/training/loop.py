@@ -295,6 +295,9 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
         config.algo = agent_cls.adapt_config(config.algo, total_steps=config.training.steps)
     tc = config.training
     tc.validate(config_source or "<config>")
+    if tc.precision == "bf16" and not agent_cls.bf16_networks:
+        raise UserError(f"{config_source or '<config>'}: [training] precision = 'bf16' is not "
+                        f"offered by {algo_name}, which trains in fp32 only (bf16: td3_bc, iql)")
     seeds, steps = list(tc.seeds), tc.steps
 
     # Data, env and normalisation, exactly as CORL prepares them.
@@ -341,6 +344,8 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
                else TransitionSampler(transitions, seeds, tc.batch_size, device))
     obs_dim, act_dim = transitions.observations.shape[1], transitions.actions.shape[1]
     agent = agent_cls(config.algo, obs_dim, act_dim, seeds, device=device, max_action=max_action)
+    if tc.precision != "fp32":
+        agent.set_precision(tc.precision)
     accumulator = MetricAccumulator()
     start = 0
     if resuming and run.latest_checkpoint.is_file():
