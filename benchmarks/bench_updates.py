@@ -1,7 +1,7 @@
 """Gradient updates per second of the offrl agents at Hopper shapes.
 
 Hopper shapes: observation 11, action 3, batch 256, CORL's network sizes, a 1M-row dataset on
-the CPU. For every (algorithm, seeds per process, threads, compile) it starts a fresh Python
+the CPU. For every (algorithm, seeds per process, threads, compile, precision) it starts a fresh Python
 process (so the thread count, compilation and peak memory belong to that configuration alone),
 warms up, then times several blocks of updates including sampling and reports the best block.
 
@@ -52,7 +52,7 @@ def _cpu_model() -> str:
 
 # ---------------------------------------------------------------------- one configuration
 def run_one(algo: str, seeds: int, threads: int, compile_: bool, blocks: int, block_steps: int,
-            warmup: int, rows: int) -> dict:
+            warmup: int, rows: int, precision: str = "fp32") -> dict:
     """Runs in the child process."""
     import resource
 
@@ -78,6 +78,7 @@ def run_one(algo: str, seeds: int, threads: int, compile_: bool, blocks: int, bl
     config = cls.adapt_config(cls.config_class(), total_steps=1_000_000)
     kwargs = {"compile": True} if compile_ else {}
     agent = cls(config, obs_dim, act_dim, seed_list, **kwargs)
+    agent.set_precision(precision)
 
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -113,6 +114,7 @@ def run_one(algo: str, seeds: int, threads: int, compile_: bool, blocks: int, bl
     flops = FLOPS_PER_UPDATE.get(algo)
     return {
         "algo": algo, "seeds": seeds, "threads": threads, "compile": compile_,
+        "precision": precision,
         "updates_per_s": rate, "updates_per_s_median": float(np.median(rates)),
         "per_seed_updates_per_s": rate * seeds,
         "updates_per_cpu_s": max(cpu_rates),
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2", help="torch threads, comma-separated")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off",
                    help="torch.compile the agents' loss functions")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32, bf16 or both: the agents' compute precision ([training] precision)")
     p.add_argument("--blocks", type=int, default=7)
     p.add_argument("--block-steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=50)
@@ -149,16 +153,19 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks, args.block_steps, args.warmup = 3, 30, 20
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    configs = [(a, int(s), int(t), c, int(n)) for a in algos for s in args.seeds.split(",")
-               for t in args.threads.split(",") for c in compiles for n in args.procs.split(",")]
+    precisions = {"both": ["fp32", "bf16"]}.get(args.precision, [args.precision])
+    configs = [(a, int(s), int(t), c, int(n), prec) for a in algos for s in args.seeds.split(",")
+               for t in args.threads.split(",") for c in compiles for n in args.procs.split(",")
+               for prec in precisions]
     load_before = os.getloadavg()
     results = []
-    header = (f"{'algorithm':<9} {'seeds':>5} {'thr':>3} {'procs':>5} {'compile':>7} {'upd/s':>8} "
+    header = (f"{'algorithm':<9} {'seeds':>5} {'thr':>3} {'procs':>5} {'compile':>7} {'prec':>4} "
+              f"{'upd/s':>8} "
               f"{'per seed':>9} {'upd/cpu-s':>9} {'matmul GF/s':>11} {'% peak':>6} {'RSS MB':>7}")
     print(header)
     print("-" * len(header))
-    for algo, seeds, threads, comp, procs in configs:
-        spec = {"algo": algo, "seeds": seeds, "threads": threads, "compile_": comp,
+    for algo, seeds, threads, comp, procs, prec in configs:
+        spec = {"algo": algo, "seeds": seeds, "threads": threads, "compile_": comp, "precision": prec,
                 "blocks": args.blocks, "block_steps": args.block_steps,
                 "warmup": args.warmup if not comp else max(args.warmup, 30), "rows": args.rows}
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = [(c, err) for c, _, err in outs if c.returncode != 0]
         if failed:
             c, err = failed[0]
-            print(f"{algo:<9} {seeds:>5} {threads:>3} {procs:>5} {str(comp):>7}  FAILED: "
+            print(f"{algo:<9} {seeds:>5} {threads:>3} {procs:>5} {str(comp):>7} {prec:>4}  FAILED: "
                   f"{err.strip().splitlines()[-1] if err.strip() else c.returncode}")
             continue
         each = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in outs]
@@ -186,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             r["per_process"] = each
         results.append(r)
         pct = f"{r['pct_of_matmul_peak']:.0f}" if r["pct_of_matmul_peak"] is not None else "-"
-        print(f"{algo:<9} {seeds:>5} {threads:>3} {procs:>5} {str(comp):>7} {r['updates_per_s']:>8.1f} "
+        print(f"{algo:<9} {seeds:>5} {threads:>3} {procs:>5} {str(comp):>7} {prec:>4} "
+              f"{r['updates_per_s']:>8.1f} "
               f"{r['per_seed_updates_per_s']:>9.1f} {r['updates_per_cpu_s']:>9.1f} "
               f"{r['matmul_gflops']:>11.0f} {pct:>6} {r['peak_rss_mb']:>7.0f}", flush=True)
 

@@ -295,7 +295,7 @@ def test_resume_refuses_a_different_config_and_finishes_idempotently(dataset, tm
     np.testing.assert_array_equal(again.returns, done.returns)
 
 
-@pytest.mark.parametrize("agent_cls", [TD3BC, IQL], ids=lambda c: c.name)
+@pytest.mark.parametrize("agent_cls", algorithm_classes(), ids=lambda c: c.name)
 def test_bf16_precision_is_recorded_applied_and_resumes_exactly(dataset, tmp_path, agent_cls):
     kw = dict(progress=False, print_fn=quiet)
     cfg = lambda **t: tiny_config(agent_cls, steps=200, **t)  # noqa: E731
@@ -318,10 +318,10 @@ def test_bf16_precision_is_recorded_applied_and_resumes_exactly(dataset, tmp_pat
 
 
 def test_bf16_precision_is_refused_where_an_agent_has_no_bf16_path(dataset, tmp_path):
-    from offrl.algos.cql import CQL
+    from offrl.algos.sac import SAC  # the online agent of fine-tuning: fp32 only
 
-    with pytest.raises(UserError, match="precision.*bf16.*cql"):
-        train(CQL, dataset, tiny_config(CQL, precision="bf16"), run_dir=tmp_path / "r",
+    with pytest.raises(UserError, match="precision.*bf16.*sac"):
+        train(SAC, dataset, tiny_config(SAC, precision="bf16"), run_dir=tmp_path / "r",
               progress=False, print_fn=quiet)
     assert not (tmp_path / "r").exists()
     with pytest.raises(ConfigError, match=r"p\.toml.*precision.*'fp16'"):

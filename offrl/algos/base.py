@@ -77,8 +77,7 @@ class Agent(abc.ABC):
     name: ClassVar[str]
     config_class: ClassVar[type]
     # The attributes holding the EnsembleMLPs that `set_precision("bf16")` switches to bf16
-    # compute; empty: the agent trains in fp32 only (CQL's critic has its own hand-written
-    # backward).
+    # compute; empty: the agent trains in fp32 only.
     bf16_networks: ClassVar[tuple[str, ...]] = ()
 
     seeds: list[int]
@@ -94,8 +93,7 @@ class Agent(abc.ABC):
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
         if precision == "bf16" and not self.bf16_networks:
-            raise ValueError(f"{self.name} trains in fp32 only (precision 'bf16' is offered by "
-                             "the agents that list bf16_networks: td3_bc, iql)")
+            raise ValueError(f"{self.name} trains in fp32 only (it lists no bf16_networks)")
         dtype = torch.bfloat16 if precision == "bf16" else None
         for attr in self.bf16_networks:
             getattr(self, attr).set_compute_dtype(dtype)

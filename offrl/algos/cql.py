@@ -180,6 +180,7 @@ class CQL(Agent):
 
     name: ClassVar[str] = "cql"
     config_class: ClassVar[type] = CQLConfig
+    bf16_networks: ClassVar[tuple[str, ...]] = ("actor", "critic", "critic_target")
     num_critics: ClassVar[int] = 2
 
     def __init__(self, config: CQLConfig, observation_dim: int, action_dim: int,
@@ -558,10 +559,16 @@ def _fused_critic_loss_and_grads(critic: EnsembleMLP, obs: torch.Tensor, actions
     K = M // S
     weights = [layer.weight for layer in layers]
     biases = [layer.bias for layer in layers]
-    grads_w = [torch.zeros_like(w) for w in weights]
+    dtype = critic.compute_dtype
+    if dtype is not None and dtype != obs.dtype:
+        # bf16 compute (critic.set_compute_dtype): matmuls and activations in bf16, the loss,
+        # its softmax and the gradient sums in fp32
+        weights, biases = [w.to(dtype) for w in weights], [b.to(dtype) for b in biases]
+        obs, actions = obs.to(dtype), actions.to(dtype)
+    grads_w = [torch.zeros_like(layer.weight) for layer in layers]
     grads_b_padded = [torch.zeros_like(layer.bias_padded) for layer in layers]
     grads_b = [g[..., :layer.out_features] for g, layer in zip(grads_b_padded, layers)]
-    stats = [obs.new_zeros(S, K), obs.new_zeros(S, K), obs.new_zeros(S), obs.new_zeros(S)]
+    stats = [y.new_zeros(S, K), y.new_zeros(S, K), y.new_zeros(S), y.new_zeros(S)]
     coef = (cql_weight / B).view(S, 1, 1)
     chunk_fn = _critic_chunk if chunk_fn is None else chunk_fn
     chunk = max(1, rows_per_chunk // (M * n))  # states per chunk
@@ -609,7 +616,7 @@ def _critic_chunk(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: 
     hs = [za.view(M, c, n, -1).add_(z0.unsqueeze(2)).view(M, rows, -1).relu_()]
     for i in range(1, L):
         hs.append(torch.baddbmm(biases[i], hs[-1], weights[i].transpose(1, 2)).relu_())
-    q = torch.baddbmm(biases[L], weights[L], hs[-1].transpose(1, 2))  # (M, 1, rows)
+    q = torch.baddbmm(biases[L], weights[L], hs[-1].transpose(1, 2)).float()  # (M, 1, rows)
     # dL/dQ per state
     qv = q.view(S, K, c, n)
     q_data = qv[..., 0]
@@ -634,7 +641,7 @@ def _critic_chunk(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: 
     stats = [td.square().sum(dim=2), diff.sum(dim=2), q_data[:, 0].sum(dim=1),
              qv[:, 0, :, 1:1 + (n - 1) // 3].sum(dim=(1, 2))]
     # backward
-    g = dq.view(M, 1, rows)
+    g = dq.view(M, 1, rows).to(hs[-1].dtype)
     gw, gb = [None] * (L + 1), [None] * (L + 1)
     gw[L], gb[L] = torch.bmm(g, hs[-1]), g.sum(dim=2, keepdim=True)
     dh = g.transpose(1, 2) * weights[L]  # (M, rows, H)
@@ -648,4 +655,6 @@ def _critic_chunk(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: 
     gw[0] = torch.cat([torch.bmm(o.transpose(1, 2), dz_state).transpose(1, 2),
                        torch.bmm(a.transpose(1, 2), dz).transpose(1, 2)], dim=2)
     gb[0] = dz_state.sum(dim=1, keepdim=True)
+    if gw[0].dtype != torch.float32:  # bf16 compute: accumulate the gradients in fp32
+        gw, gb = [w.float() for w in gw], [b.float() for b in gb]
     return gw, gb, stats

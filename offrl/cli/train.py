@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="episodes per seed per evaluation")
     p.add_argument("--precision", choices=("fp32", "bf16"),
                    help="fp32 (default), or bf16 compute with fp32 master weights: ~1.7x faster "
-                        "on CPUs with AVX512-BF16/AMX; td3_bc and iql ([training] precision)")
+                        "on CPUs with AVX512-BF16/AMX ([training] precision)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:1, … (default: cuda if available, else cpu; a resumed "
                         "run keeps its device)")

@@ -89,7 +89,7 @@ class TrainingConfig:
     precision: str = "fp32"
     """"fp32", or "bf16": the networks' matmuls, activations and gradients in bfloat16 against
     fp32 master weights and optimiser state (about 1.7x the updates/s of fp32 on a CPU with
-    AVX512-BF16 or AMX; TD3+BC and IQL). Results differ from fp32 beyond float rounding."""
+    AVX512-BF16 or AMX). Results differ from fp32 beyond float rounding."""
 
     def validate(self, source: str = "<training config>") -> "TrainingConfig":
         def fail(key: str, problem: str) -> ConfigError:

@@ -296,8 +296,11 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
     tc = config.training
     tc.validate(config_source or "<config>")
     if tc.precision == "bf16" and not agent_cls.bf16_networks:
+        from offrl.algos import ALGORITHMS
+
+        offered = ", ".join(name for name, cls in ALGORITHMS.items() if cls.bf16_networks)
         raise UserError(f"{config_source or '<config>'}: [training] precision = 'bf16' is not "
-                        f"offered by {algo_name}, which trains in fp32 only (bf16: td3_bc, iql)")
+                        f"offered by {algo_name}, which trains in fp32 only (bf16: {offered})")
     seeds, steps = list(tc.seeds), tc.steps
 
     # Data, env and normalisation, exactly as CORL prepares them.
