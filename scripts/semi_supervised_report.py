@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in report["datasets"]:
             run_dir = next(Path(r["run_dir"]) for r in report["scores"] if r["dataset"] == d
                            and r["algorithm"].endswith(f" · {conditions[2]}"))
-            if not run_dir.is_absolute():
+            if not (run_dir / "run.json").is_file():  # relative to the sweep, not the cwd
                 run_dir = args.sweep / run_dir
             proxy_id = json.loads((run_dir / "run.json").read_text())["dataset_id"]
             labelled = load_any_dataset(proxy_id, progress=False)
