@@ -327,3 +327,16 @@ def test_bf16_precision_is_refused_where_an_agent_has_no_bf16_path(dataset, tmp_
     with pytest.raises(ConfigError, match=r"p\.toml.*precision.*'fp16'"):
         load_config("td3_bc", TD3BC.config_class, write(tmp_path / "p.toml",
                                                         '[training]\nprecision = "fp16"\n'))
+
+
+@pytest.mark.slow
+def test_compiled_run_is_recorded_and_resumes_compiled_and_exact(dataset, tmp_path):
+    kw = dict(progress=False, print_fn=quiet)
+    cfg = lambda: tiny_config(TD3BC, steps=100, eval_every=0, precision="bf16")  # noqa: E731
+    train(TD3BC, dataset, cfg(), run_dir=tmp_path / "straight", compile=True, **kw)
+    train(TD3BC, dataset, cfg(), run_dir=tmp_path / "stopped", compile=True, stop_at_step=50, **kw)
+    train(TD3BC, dataset, None, run_dir=tmp_path / "stopped", **kw)  # takes compile from run.json
+    for name in ("straight", "stopped"):
+        assert json.loads((tmp_path / name / "run.json").read_text())["compile"] is True
+    state = lambda name: load_checkpoint(tmp_path / name / "checkpoints" / "latest.pt")["agent"]  # noqa: E731
+    assert same_state(state("stopped"), state("straight"))
