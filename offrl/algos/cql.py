@@ -616,7 +616,8 @@ def _critic_chunk(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: 
     hs = [za.view(M, c, n, -1).add_(z0.unsqueeze(2)).view(M, rows, -1).relu_()]
     for i in range(1, L):
         hs.append(torch.baddbmm(biases[i], hs[-1], weights[i].transpose(1, 2)).relu_())
-    q = torch.baddbmm(biases[L], weights[L], hs[-1].transpose(1, 2)).float()  # (M, 1, rows)
+    q = torch.baddbmm(biases[L], weights[L], hs[-1].transpose(1, 2))  # (M, 1, rows)
+    q = q.to(y.dtype)  # the loss in the targets' precision (a no-op unless computing in bf16)
     # dL/dQ per state
     qv = q.view(S, K, c, n)
     q_data = qv[..., 0]
@@ -655,6 +656,6 @@ def _critic_chunk(weights: list[torch.Tensor], biases: list[torch.Tensor], obs: 
     gw[0] = torch.cat([torch.bmm(o.transpose(1, 2), dz_state).transpose(1, 2),
                        torch.bmm(a.transpose(1, 2), dz).transpose(1, 2)], dim=2)
     gb[0] = dz_state.sum(dim=1, keepdim=True)
-    if gw[0].dtype != torch.float32:  # bf16 compute: accumulate the gradients in fp32
-        gw, gb = [w.float() for w in gw], [b.float() for b in gb]
+    if gw[0].dtype != y.dtype:  # bf16 compute: accumulate the gradients in fp32
+        gw, gb = [w.to(y.dtype) for w in gw], [b.to(y.dtype) for b in gb]
     return gw, gb, stats
