@@ -173,3 +173,19 @@ def test_cal_ql_needs_returns_and_takes_cql_state():
     assert agent.step == 1
     for p, q in zip(agent.actor.parameters(), cql.actor.parameters()):
         assert torch.equal(p, q)
+
+
+def test_bf16_compute_trains_close_to_fp32():
+    """Cal-QL inherits CQL's bf16 path: fp32 weights, finite losses, close to the fp32 update."""
+    full, low = tiny(), tiny()
+    low.set_precision("bf16")
+    batch = tiny_batch(0.5, B=32)
+    m_full, m_low = full.update(batch), low.update(batch)
+    assert all(torch.isfinite(v).all() for v in m_low.values())
+    torch.testing.assert_close(m_low["critic_loss"], m_full["critic_loss"], rtol=0.05, atol=0.05)
+    assert all(q.dtype == torch.float32 for q in low.critic.parameters())
+    # the update's gradients (left in .grad) point where fp32's do
+    g_full = torch.cat([p.grad.flatten() for p in full.critic.parameters()])
+    g_low = torch.cat([p.grad.flatten() for p in low.critic.parameters()])
+    assert g_low.dtype == torch.float32 and not torch.equal(g_low, g_full)
+    assert torch.nn.functional.cosine_similarity(g_low, g_full, dim=0) > 0.99
