@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 
+PRECISIONS = ("fp32", "bf16")  # Agent.set_precision; [training] precision
+
+
 @dataclass
 class Batch:
     """A minibatch per member.
@@ -90,8 +93,8 @@ class Agent(abc.ABC):
     def set_precision(self, precision: str) -> None:
         """"fp32", or "bf16": matmuls, activations and gradients of `bf16_networks` in bfloat16,
         their fp32 weights and optimiser state kept as the master copy."""
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16'; got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
         if precision == "bf16" and not self.bf16_networks:
             raise ValueError(f"{self.name} trains in fp32 only (it lists no bf16_networks)")
         dtype = torch.bfloat16 if precision == "bf16" else None

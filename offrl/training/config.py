@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from offrl.algos.base import PRECISIONS
 from offrl.errors import UserError
 
 NORMALIZE_REWARD_MODES = ("none", "return_range")
 TRANSITION_VIEWS = ("qlearning", "recorded")
-PRECISIONS = ("fp32", "bf16")
 SECTIONS = ("algo", "training")
 
 

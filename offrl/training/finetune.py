@@ -56,7 +56,7 @@ from offrl.training.config import (ConfigError, RunConfig, build_config, datacla
                                    dump_toml, read_config_file, to_plain)
 from offrl.training.logging import CsvLog, MetricAccumulator, progress_bar, read_csv_rows
 from offrl.training.loop import (TRAINING_EVAL_STREAM, AgentPolicy, Normalization, _StopFlag,
-                                 env_facts, prepare_transitions)
+                                 build_agent, env_facts, prepare_transitions)
 from offrl.training.online import EnvSlots, ReplayBuffer
 from offrl.training.run_dir import (STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED,
                                     STATUS_RUNNING, RunDirectory, git_commit, utc_now,
@@ -446,7 +446,9 @@ def finetune(run_dir: str | Path, dataset: Dataset, config: FinetuneConfig | Non
 
     # Agent, envs, buffers.
     obs_dim, act_dim = transitions.observations.shape[1], transitions.actions.shape[1]
-    agent = agent_cls(algo_config, obs_dim, act_dim, seeds, device=device, max_action=max_action)
+    # the offline run's precision: its checkpoint continues as it was trained
+    agent = build_agent(agent_cls, algo_config, obs_dim, act_dim, seeds, device=device,
+                        max_action=max_action, precision=tc.precision)
     slots = EnvSlots(env_id, seeds, max_episode_steps=max_episode_steps, stream="finetune-env")
     if slots.observation_dim != obs_dim or slots.action_dim != act_dim:
         raise UserError(f"{env_id} has observation/action dims {slots.observation_dim}/"

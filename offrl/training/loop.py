@@ -247,6 +247,21 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def build_agent(agent_cls: type[Agent], algo_config: Any, obs_dim: int, act_dim: int,
+                seeds: list[int], *, device: torch.device, max_action: float,
+                precision: str = "fp32", compile: bool = False) -> Agent:
+    """The agent with the run's speed options: [training] precision and torch.compile."""
+    speed = {"compile": True} if compile else {}
+    agent = agent_cls(algo_config, obs_dim, act_dim, seeds, device=device, max_action=max_action,
+                      **speed)
+    if precision != "fp32":
+        try:
+            agent.set_precision(precision)
+        except ValueError as exc:
+            raise UserError(f"[training] precision = {precision!r}: {exc}") from None
+    return agent
+
+
 def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = None, *,
           run_dir: str | Path | None = None, out: str | Path = "runs",
           device: str | torch.device = "cpu", progress: bool | None = None,
@@ -355,11 +370,8 @@ def train(algo: str | type[Agent], dataset: Dataset, config: RunConfig | None = 
     sampler = (make_sampler(transitions, config.algo, seeds, tc.batch_size, device) if make_sampler
                else TransitionSampler(transitions, seeds, tc.batch_size, device))
     obs_dim, act_dim = transitions.observations.shape[1], transitions.actions.shape[1]
-    speed = {"compile": True} if compile else {}
-    agent = agent_cls(config.algo, obs_dim, act_dim, seeds, device=device, max_action=max_action,
-                      **speed)
-    if tc.precision != "fp32":
-        agent.set_precision(tc.precision)
+    agent = build_agent(agent_cls, config.algo, obs_dim, act_dim, seeds, device=device,
+                        max_action=max_action, precision=tc.precision, compile=compile)
     accumulator = MetricAccumulator()
     start = 0
     if resuming and run.latest_checkpoint.is_file():
