@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2", help="torch threads, comma-separated")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off",
                    help="torch.compile the agents' loss functions")
-    p.add_argument("--precision", default="fp32",
-                   help="fp32, bf16 or both: the agents' compute precision ([training] precision)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32",
+                   help="the agents' compute precision ([training] precision)")
     p.add_argument("--blocks", type=int, default=7)
     p.add_argument("--block-steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=50)
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         args.blocks, args.block_steps, args.warmup = 3, 30, 20
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    precisions = {"both": ["fp32", "bf16"]}.get(args.precision, [args.precision])
+    precisions = {"fp32": ["fp32"], "bf16": ["bf16"], "both": ["fp32", "bf16"]}[args.precision]
     configs = [(a, int(s), int(t), c, int(n), prec) for a in algos for s in args.seeds.split(",")
                for t in args.threads.split(",") for c in compiles for n in args.procs.split(",")
                for prec in precisions]

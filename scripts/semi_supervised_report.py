@@ -59,9 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {source}: expected 3 conditions, found {conditions}", file=sys.stderr)
         return 2
 
-    def p_improve(x: str, y: str) -> Interval:
-        return improvement_from_report(report, x, y)
-
     seeds = sorted({s["seed"] for s in report["scores"]})
     steps = sorted({s["step"] for s in report["scores"]})
     lines = [
@@ -88,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for algo in algorithms:
         a, b, c = (f"{algo} · {k}" for k in conditions)
-        ca, cb, ab = p_improve(c, a), p_improve(c, b), p_improve(a, b)
+        ca, cb, ab = (improvement_from_report(report, x, y) for x, y in ((c, a), (c, b), (a, b)))
         m = verdict(ca, "is better than", "is worse than", "matches")
         n = verdict(cb, "beats", "is worse than", "does not beat (no clear difference from)")
         lines.append(f"- **{algo}**: (c) {m} (a): P(c > a) = {format_interval(ca, 2)}; (c) {n} (b): "

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from offrl.algos.td3_bc import TD3BC
-from offrl.algos.iql import IQL
 from offrl.data.dataset import Dataset
 from offrl.errors import UserError
 from offrl.training.checkpoint import load_checkpoint
